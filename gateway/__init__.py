@@ -1,0 +1,1 @@
+"""The public process: authenticates callers, enforces tenancy and limits, forwards MCP."""

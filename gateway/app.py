@@ -1,0 +1,137 @@
+"""Composition root of the gateway: builds every resource in the lifespan and wires the app.
+
+Run with ``uvicorn --factory gateway.app:create_app`` (``gatehouse up`` does this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway import routes
+from gateway.auth import AuthenticationMiddleware
+from gateway.forwarding import McpForwarder
+from gateway.jwks import JwksCache
+from gateway.metrics import Metrics
+from gateway.middleware import ProblemMiddleware, RequestContextMiddleware
+from gateway.principal import ClaimMapping
+from gateway.problem import problem_response
+from gateway.provisioning import Provisioner
+from gateway.ratelimit import UserRateLimitMiddleware
+from gateway.services import Services
+from gateway.settings import GatewaySettings
+from gateway.tokens import TokenVerifier
+from oauth.assertion import AssertionSigner
+from oauth.keys import load_private_key
+from resilience import FailurePolicy, RateLimiter, create_redis
+from sql import create_pool, verify_app_role
+
+
+@asynccontextmanager
+async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
+    pool = await create_pool(settings.database_url)
+    redis = create_redis(settings.redis_url)
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=256, limit_per_host=256, keepalive_timeout=60),
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=2, sock_read=settings.upstream_timeout_seconds
+        ),
+        auto_decompress=False,
+        skip_auto_headers=("Accept-Encoding", "User-Agent"),
+    )
+    try:
+        await verify_app_role(pool)
+        jwks = JwksCache(
+            settings.jwks_url,
+            http,
+            ttl=settings.jwks_cache_ttl_seconds,
+            cooldown=settings.jwks_refresh_cooldown_seconds,
+            fetch_timeout=settings.jwks_fetch_timeout_seconds,
+        )
+        yield Services(
+            settings=settings,
+            pool=pool,
+            redis=redis,
+            http=http,
+            jwks=jwks,
+            verifier=TokenVerifier(
+                jwks,
+                issuer=settings.issuer,
+                audience=settings.audience,
+                algorithms=settings.algorithms,
+                token_types=settings.accepted_token_types,
+                skew=settings.clock_skew_seconds,
+                max_bytes=settings.max_token_bytes,
+            ),
+            claims=ClaimMapping(
+                org=settings.org_claim,
+                user=settings.user_claim,
+                roles=settings.roles_claim,
+                default_roles=tuple(settings.default_roles),
+            ),
+            provisioner=Provisioner(pool, ttl=settings.provisioning_cache_seconds),
+            user_limiter=RateLimiter(
+                settings.redis_url,
+                settings.user_rate_limit,
+                namespace="gatehouse-user",
+                policy=FailurePolicy.OPEN
+                if settings.rate_limit_fail_open
+                else FailurePolicy.CLOSED,
+            ),
+            signer=AssertionSigner(
+                load_private_key(settings.internal_key_file.read_bytes()),
+                lifetime=settings.assertion_lifetime_seconds,
+            ),
+            metrics=Metrics(),
+        )
+    finally:
+        await http.close()
+        await redis.aclose()
+        await pool.close()
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return problem_response(exc.status_code, code, str(exc.detail), str(exc.detail))
+
+
+def create_app(settings: GatewaySettings | None = None) -> Starlette:
+    resolved = settings or GatewaySettings()  # type: ignore[call-arg]  # from the environment
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
+        async with _resources(resolved) as services:
+            yield {"services": services}
+
+    forwarder = McpForwarder()
+    return Starlette(
+        routes=[
+            Route("/healthz", routes.healthz),
+            Route("/readyz", routes.readyz),
+            Route("/metrics", routes.metrics),
+            Route("/.well-known/oauth-protected-resource", routes.protected_resource_metadata),
+            Route(
+                "/.well-known/oauth-protected-resource/{resource:path}",
+                routes.protected_resource_metadata,
+            ),
+            Route("/dev/jwks.json", routes.dev_jwks),
+            Route("/mcp", forwarder, methods=["GET", "POST", "DELETE"]),
+        ],
+        middleware=[
+            Middleware(RequestContextMiddleware),
+            Middleware(ProblemMiddleware),
+            Middleware(AuthenticationMiddleware),
+            Middleware(UserRateLimitMiddleware),
+        ],
+        exception_handlers={HTTPException: _http_exception},
+        lifespan=lifespan,
+    )

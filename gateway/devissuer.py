@@ -1,0 +1,83 @@
+"""A development identity issuer for ``gatehouse up`` without an external identity provider.
+
+Its RSA key lives in ``./.gatehouse/``; the gateway publishes the public half at
+``/dev/jwks.json`` only when configured to, and ``gatehouse token`` mints access tokens with it.
+Tokens go through exactly the same verification path as any external issuer's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+ISSUER_PATH = "/dev"
+JWKS_PATH = "/dev/jwks.json"
+_KID = "gatehouse-dev-1"
+
+
+def dev_issuer(public_url: str) -> str:
+    return public_url.rstrip("/") + ISSUER_PATH
+
+
+def dev_jwks_url(public_url: str) -> str:
+    return public_url.rstrip("/") + JWKS_PATH
+
+
+def ensure_key(path: Path) -> rsa.RSAPrivateKey:
+    """Load the development signing key, creating it (mode 0600) on first use."""
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError(f"{path} is not an RSA private key")
+        return key
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    return key
+
+
+def jwks(key: rsa.RSAPrivateKey) -> dict[str, Any]:
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    public.update({"kid": _KID, "use": "sig", "alg": "RS256"})
+    return {"keys": [public]}
+
+
+def mint(
+    key: rsa.RSAPrivateKey,
+    *,
+    issuer: str,
+    audience: str,
+    org: str,
+    user: str,
+    roles: list[str],
+    lifetime: int = 3600,
+) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": issuer,
+        "aud": audience,
+        "sub": user,
+        "org_id": org,
+        "roles": roles,
+        "iat": now,
+        "nbf": now,
+        "exp": now + lifetime,
+        "jti": uuid.uuid4().hex,
+        "client_id": "gatehouse-dev",
+    }
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": _KID, "typ": "at+jwt"})

@@ -1,0 +1,70 @@
+"""Errors of the gateway, each carrying the HTTP status and stable ``code`` it is shown as.
+
+    GatewayError
+    ├── BadRequest            malformed input (400, 413, 415)
+    ├── Unauthenticated       no or invalid bearer token (401 + WWW-Authenticate)
+    ├── Forbidden             authenticated, but not allowed (403 insufficient_scope)
+    ├── RateLimited           over a limit (429 + Retry-After, RateLimit headers)
+    └── UpstreamUnavailable   mcp_server, the database or Redis cannot be reached (502/503)
+
+Lower packages raise their own roots (``sql.DatabaseError``, ``resilience.ResilienceError``,
+``oauth.OAuthError``); :mod:`gateway.problem` translates them at the edge, in one table.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    status = 500
+    code = "internal_error"
+    title = "Internal error"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class BadRequest(GatewayError):
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+    def __init__(self, detail: str, *, status: int = 400, code: str = "bad_request") -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+
+
+class Unauthenticated(GatewayError):
+    status = 401
+    code = "invalid_token"
+    title = "Authentication required"
+
+    def __init__(self, detail: str, *, code: str = "invalid_token") -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = "insufficient_scope"
+    title = "Forbidden"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
+
+class UpstreamUnavailable(GatewayError):
+    status = 502
+    code = "upstream_unavailable"
+    title = "Upstream unavailable"
+
+    def __init__(self, detail: str, *, status: int = 502, code: str = "upstream_unavailable",
+                 retry_after: int | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)} if retry_after else None)
+        self.status = status
+        self.code = code

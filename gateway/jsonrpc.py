@@ -1,0 +1,58 @@
+"""The little of JSON-RPC 2.0 the gateway must understand to refuse bad input clearly."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+
+
+@dataclass(frozen=True)
+class RpcMessage:
+    method: str | None  # None for a client's response to a server request
+    id: Any
+    tool: str | None
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+    def body(self) -> bytes:
+        return json.dumps({
+            "jsonrpc": "2.0",
+            "id": self.request_id,
+            "error": {"code": self.code, "message": self.message},
+        }).encode()
+
+
+def parse_message(body: bytes) -> RpcMessage:
+    try:
+        message = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RpcError(PARSE_ERROR, "Parse error: the body is not valid JSON") from exc
+    if not isinstance(message, dict):
+        raise RpcError(INVALID_REQUEST, "Invalid Request: expected one JSON-RPC message object")
+    request_id = message.get("id")
+    if not isinstance(request_id, str | int | None) or isinstance(request_id, bool):
+        raise RpcError(INVALID_REQUEST, "Invalid Request: id must be a string or integer")
+    if message.get("jsonrpc") != "2.0":
+        raise RpcError(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"', request_id)
+    method = message.get("method")
+    if method is None:
+        if "result" not in message and "error" not in message:
+            raise RpcError(INVALID_REQUEST, "Invalid Request: no method", request_id)
+        return RpcMessage(None, request_id, None)
+    if not isinstance(method, str) or not method:
+        raise RpcError(INVALID_REQUEST, "Invalid Request: method must be a string", request_id)
+    params = message.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise RpcError(INVALID_REQUEST, "Invalid Request: params must be an object", request_id)
+    tool = params.get("name") if method == "tools/call" and params else None
+    return RpcMessage(method, request_id, tool if isinstance(tool, str) else None)

@@ -1,0 +1,99 @@
+"""Pure ASGI middleware at the edge: request identity, metrics, and errors as problems.
+
+Pure ASGI (not ``BaseHTTPMiddleware``) so that streaming responses pass through untouched and
+context variables behave.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.metrics import route_family
+from gateway.problem import INTERNAL_ERROR, error_response, translate
+from gateway.services import services_of
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _traceparent(incoming: str | None) -> str:
+    """Continue a valid W3C trace, else start one; either way this hop gets a new span id."""
+    match = _TRACEPARENT.match(incoming or "")
+    trace_id = match[1] if match and match[1] != "0" * 32 else secrets.token_hex(16)
+    flags = match[3] if match else "01"
+    return f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"
+
+
+class RequestContextMiddleware:
+    """Gives each request an id and trace context, echoes the id, and records metrics."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope["state"]["request_id"] = request_id
+        scope["state"]["traceparent"] = _traceparent(_header(scope, b"traceparent"))
+        metrics = services_of(scope).metrics
+        route = route_family(scope["path"])
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["X-Request-Id"] = request_id
+                metrics.latency.labels(route).observe(time.perf_counter() - started)
+                metrics.requests.labels(route, scope["method"], str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class ProblemMiddleware:
+    """Turns any exception into a problem document; unexpected ones are logged, never shown."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise  # the status line is gone; closing the stream is all that is left
+            error = translate(exc)
+            if error is None:
+                log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+                error = INTERNAL_ERROR
+            request_id = scope.get("state", {}).get("request_id")
+            response = error_response(error, request_id=request_id)
+            await response(scope, receive, send)

@@ -1,0 +1,77 @@
+"""Who is calling: the typed contract between authentication and everything after it."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import Unauthenticated
+
+_MAX_ID = 255
+_MAX_ROLES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    org_id: str
+    user_id: str
+    roles: tuple[str, ...]
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ClaimMapping:
+    """Where each identity fact lives in the token; dotted paths reach nested claims."""
+
+    org: str = "org_id"
+    user: str = "sub"
+    roles: str = "roles"
+    default_roles: Sequence[str] = ("member",)
+
+    def principal(self, claims: Mapping[str, Any]) -> Principal:
+        return Principal(
+            org_id=_identifier(_lookup(claims, self.org), "organisation"),
+            user_id=_identifier(_lookup(claims, self.user), "user"),
+            roles=_roles(_lookup(claims, self.roles), self.default_roles),
+            scopes=_scopes(claims.get("scope")),
+        )
+
+
+def _lookup(claims: Mapping[str, Any], path: str) -> Any:
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _identifier(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > _MAX_ID:
+        raise Unauthenticated(f"token lacks a usable {what} claim")
+    if any(unicodedata.category(ch).startswith("C") for ch in value):
+        raise Unauthenticated(f"token's {what} claim contains control characters")
+    return value
+
+
+def _roles(value: Any, default: Sequence[str]) -> tuple[str, ...]:
+    if value is None:
+        return tuple(default)
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, list) or len(value) > _MAX_ROLES:
+        raise Unauthenticated("token's roles claim is malformed")
+    roles = []
+    for role in value:
+        if not isinstance(role, str) or not role or len(role) > 64:
+            raise Unauthenticated("token's roles claim is malformed")
+        roles.append(role)
+    return tuple(sorted(set(roles)))
+
+
+def _scopes(value: Any) -> frozenset[str]:
+    if isinstance(value, str):
+        return frozenset(value.split())
+    return frozenset()

@@ -1,0 +1,91 @@
+"""Operational endpoints: liveness, readiness, metrics, RFC 9728 metadata, development JWKS."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway import devissuer
+from gateway.errors import BadRequest
+from gateway.services import Services, services_of
+
+_CHECK_TIMEOUT = 2.0
+
+
+def _services(request: Request) -> Services:
+    return services_of(request.scope)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _timed(check: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(check(), _CHECK_TIMEOUT)
+    except Exception as exc:  # readiness reports any failure; it never raises
+        return {"ok": False, "error": type(exc).__name__}
+    return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+async def readyz(request: Request) -> Response:
+    services = _services(request)
+
+    async def upstream() -> None:
+        url = services.settings.mcp_server_url.rsplit("/", 1)[0] + "/healthz"
+        async with services.http.get(url) as resp:
+            if resp.status != 200:
+                raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
+
+    async def jwks() -> None:
+        if not await services.jwks.ready():
+            raise RuntimeError("no keys")
+
+    names = ("database", "redis", "mcp_server", "jwks")
+    results = await asyncio.gather(
+        _timed(lambda: services.pool.fetchval("SELECT 1")),
+        _timed(services.redis.ping),
+        _timed(upstream),
+        _timed(jwks),
+    )
+    checks = dict(zip(names, results, strict=True))
+    ready = all(c["ok"] for c in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "unready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+async def metrics(request: Request) -> Response:
+    registry = _services(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def protected_resource_metadata(request: Request) -> Response:
+    """RFC 9728 metadata for the MCP endpoint, at the root and the path-suffixed location."""
+    settings = _services(request).settings
+    suffix = request.path_params.get("resource", "")
+    if suffix not in ("", "mcp"):
+        raise BadRequest("no such protected resource", status=404, code="not_found")
+    return JSONResponse({
+        "resource": settings.resource_url,
+        "authorization_servers": [settings.issuer],
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Gatehouse MCP gateway",
+    })
+
+
+async def dev_jwks(request: Request) -> Response:
+    key_file = _services(request).settings.dev_issuer_key_file
+    if key_file is None:
+        raise BadRequest("not found", status=404, code="not_found")
+    key = devissuer.ensure_key(key_file)
+    return JSONResponse(devissuer.jwks(key), headers={"Cache-Control": "max-age=60"})

@@ -1,0 +1,42 @@
+"""Everything a request may need, created once in the lifespan and handed to each request
+through ``scope["state"]["services"]`` (never a module global)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+import asyncpg
+from redis.asyncio import Redis
+
+from gateway.jwks import JwksCache
+from gateway.metrics import Metrics
+from gateway.principal import ClaimMapping
+from gateway.provisioning import Provisioner
+from gateway.settings import GatewaySettings
+from gateway.tokens import TokenVerifier
+from oauth.assertion import AssertionSigner
+from resilience import RateLimiter
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: GatewaySettings
+    pool: asyncpg.Pool
+    redis: Redis
+    http: aiohttp.ClientSession
+    jwks: JwksCache
+    verifier: TokenVerifier
+    claims: ClaimMapping
+    provisioner: Provisioner
+    user_limiter: RateLimiter
+    signer: AssertionSigner
+    metrics: Metrics
+
+
+def services_of(scope: dict[str, object]) -> Services:
+    state = scope["state"]
+    assert isinstance(state, dict)
+    services = state["services"]
+    assert isinstance(services, Services)
+    return services

@@ -1,0 +1,58 @@
+"""Gateway configuration: environment variables prefixed ``GATEHOUSE_``, or a ``.env`` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GATEHOUSE_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    public_url: str = "http://127.0.0.1:8000"
+    database_url: str = Field(description="DSN of the gatehouse_app login role")
+    redis_url: str
+    mcp_server_url: str = "http://127.0.0.1:8001/mcp"
+    internal_key_file: Path = Field(description="Ed25519 private key (PEM) for assertions")
+
+    issuer: str
+    jwks_url: str
+    audience: str = ""
+    algorithms: list[str] = ["RS256", "PS256", "ES256", "EdDSA"]
+    accepted_token_types: list[str] = ["at+jwt", "application/at+jwt"]
+    clock_skew_seconds: int = Field(default=60, ge=0, le=300)
+    max_token_bytes: int = Field(default=8192, ge=512, le=65536)
+    jwks_cache_ttl_seconds: float = Field(default=300, gt=0)
+    jwks_refresh_cooldown_seconds: float = Field(default=30, ge=0)
+    jwks_fetch_timeout_seconds: float = Field(default=2, gt=0, le=30)
+
+    org_claim: str = "org_id"
+    user_claim: str = "sub"
+    roles_claim: str = "roles"
+    default_roles: list[str] = ["member"]
+    provisioning_cache_seconds: float = Field(default=300, ge=0)
+
+    user_rate_limit: str = "600/minute"
+    rate_limit_fail_open: bool = True
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    upstream_timeout_seconds: float = Field(default=60, gt=0)
+    assertion_lifetime_seconds: int = Field(default=30, ge=1, le=60)
+
+    dev_issuer_key_file: Path | None = Field(
+        default=None, description="development mode only: serve this key's JWKS at /dev/jwks.json"
+    )
+
+    @model_validator(mode="after")
+    def _default_audience(self) -> GatewaySettings:
+        if not self.audience:
+            object.__setattr__(self, "audience", self.resource_url)
+        return self
+
+    @property
+    def resource_url(self) -> str:
+        """The protected resource's identifier (RFC 9728): the public MCP endpoint."""
+        return self.public_url.rstrip("/") + "/mcp"

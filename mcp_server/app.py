@@ -1,0 +1,38 @@
+"""Composition root of mcp_server: a stateless FastMCP app behind the assertion check.
+
+Stateless streamable HTTP means no transport session lives in a process, so any replica can
+serve any request. Run with ``uvicorn --factory mcp_server.app:create_app``.
+"""
+
+from __future__ import annotations
+
+from fastmcp import FastMCP
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp
+
+from mcp_server import tools
+from mcp_server.auth import AssertionMiddleware
+from mcp_server.settings import McpServerSettings
+from oauth.assertion import AssertionVerifier
+from oauth.keys import load_public_key
+
+INSTRUCTIONS = "Gatehouse tools, called as the organisation and user the gateway vouches for."
+
+
+def build_mcp() -> FastMCP:
+    mcp = FastMCP("gatehouse", instructions=INSTRUCTIONS)
+    tools.register(mcp)
+
+    @mcp.custom_route("/healthz", methods=["GET"])
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return mcp
+
+
+def create_app(settings: McpServerSettings | None = None) -> ASGIApp:
+    resolved = settings or McpServerSettings()  # type: ignore[call-arg]  # from the environment
+    verifier = AssertionVerifier(load_public_key(resolved.internal_public_key_file.read_bytes()))
+    app = build_mcp().http_app(path="/mcp", stateless_http=True)
+    return AssertionMiddleware(app, verifier)

@@ -1,0 +1,101 @@
+"""The internal assertion: the gateway's short-lived statement of who is calling mcp_server.
+
+The gateway never forwards the caller's own token (MCP forbids token passthrough). Instead it
+signs, per request, an Ed25519 JWT for audience ``gatehouse-mcp-server`` that lives at most
+:data:`MAX_LIFETIME` seconds and carries organisation, user, session, roles, request id and
+trace context. Only the gateway holds the private key; mcp_server holds the public key, so a
+compromised mcp_server cannot mint assertions.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from oauth.errors import AssertionRejected
+
+ISSUER = "gatehouse-gateway"
+AUDIENCE = "gatehouse-mcp-server"
+ALGORITHM = "EdDSA"
+TOKEN_TYPE = "gatehouse-assertion+jwt"
+MAX_LIFETIME = 60
+_LEEWAY = 5
+
+
+@dataclass(frozen=True)
+class CallerIdentity:
+    """What mcp_server learns about a call; nothing here is a credential."""
+
+    org_id: str
+    user_id: str
+    request_id: str
+    roles: tuple[str, ...] = ()
+    session_id: str | None = None
+    traceparent: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class AssertionSigner:
+    def __init__(self, private_key: Ed25519PrivateKey, *, lifetime: int = 30) -> None:
+        if not 0 < lifetime <= MAX_LIFETIME:
+            raise ValueError(f"assertion lifetime must be 1..{MAX_LIFETIME} seconds")
+        self._key = private_key
+        self._lifetime = lifetime
+
+    def sign(self, caller: CallerIdentity) -> str:
+        now = int(time.time())
+        claims: dict[str, object] = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "iat": now,
+            "exp": now + self._lifetime,
+            "jti": uuid.uuid4().hex,
+            "org": caller.org_id,
+            "sub": caller.user_id,
+            "roles": list(caller.roles),
+            "rid": caller.request_id,
+        }
+        if caller.session_id is not None:
+            claims["sid"] = caller.session_id
+        if caller.traceparent is not None:
+            claims["traceparent"] = caller.traceparent
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE})
+
+
+class AssertionVerifier:
+    def __init__(self, public_key: Ed25519PublicKey) -> None:
+        self._key = public_key
+
+    def verify(self, token: str) -> CallerIdentity:
+        try:
+            header = jwt.get_unverified_header(token)
+            if header.get("typ") != TOKEN_TYPE or header.get("alg") != ALGORITHM:
+                raise AssertionRejected("not an internal assertion")
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                leeway=_LEEWAY,
+                options={"require": ["exp", "iat", "iss", "aud", "sub", "org", "rid"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise AssertionRejected(f"invalid assertion: {type(exc).__name__}") from exc
+        exp, iat = claims["exp"], claims["iat"]
+        if not isinstance(exp, int) or not isinstance(iat, int) or exp - iat > MAX_LIFETIME:
+            raise AssertionRejected("assertion lifetime exceeds the maximum")
+        if iat > time.time() + _LEEWAY:
+            raise AssertionRejected("assertion issued in the future")
+        return CallerIdentity(
+            org_id=str(claims["org"]),
+            user_id=str(claims["sub"]),
+            request_id=str(claims["rid"]),
+            roles=tuple(str(r) for r in claims.get("roles", [])),
+            session_id=claims.get("sid"),
+            traceparent=claims.get("traceparent"),
+        )

@@ -1,0 +1,32 @@
+"""One place that turns a Redis URL into a client with bounded timeouts.
+
+Every call into Redis must fail fast when Redis is down: a request must never hang on it.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+# Seconds. Loopback or same-datacentre Redis answers in well under a millisecond.
+CONNECT_TIMEOUT = 0.5
+COMMAND_TIMEOUT = 0.5
+
+
+def create_redis(url: str) -> Redis:
+    """An asyncio Redis client for ``redis://``, ``rediss://`` or ``unix://`` URLs."""
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=COMMAND_TIMEOUT,
+        health_check_interval=30,
+        decode_responses=False,
+    )
+
+
+def limits_storage_uri(url: str) -> str:
+    """The ``limits`` library's spelling of a Redis URL."""
+    if url.startswith("unix://"):
+        return "async+redis+unix://" + url.removeprefix("unix://")
+    if url.startswith(("redis://", "rediss://")):
+        return "async+" + url
+    raise ValueError("Redis URL must start with redis://, rediss:// or unix://")

@@ -1,0 +1,23 @@
+"""Schema, migrations, named queries, the connection pool and the RLS transaction.
+
+Application code touches tenant tables only through :func:`rls_transaction`.
+"""
+
+from sql.errors import DatabaseError, DatabaseUnavailable, MigrationError, UnsafeRoleError
+from sql.migrate import apply_migrations
+from sql.pool import create_pool, verify_app_role
+from sql.queries import QUERIES
+from sql.rls import Tenant, rls_transaction
+
+__all__ = [
+    "QUERIES",
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "MigrationError",
+    "Tenant",
+    "UnsafeRoleError",
+    "apply_migrations",
+    "create_pool",
+    "rls_transaction",
+    "verify_app_role",
+]

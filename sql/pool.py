@@ -1,0 +1,47 @@
+"""Connection pool for the application role, and the check that the role is safe to use."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from sql.errors import DatabaseUnavailable, UnsafeRoleError
+
+# Privileges that would let the login role read past row-level security.
+_ROLE_CHECK = """
+SELECT r.rolsuper, r.rolbypassrls,
+       EXISTS (SELECT 1 FROM pg_tables t
+               WHERE t.schemaname = 'public' AND t.tableowner = current_user) AS owns_tables
+FROM pg_roles r WHERE r.rolname = current_user
+"""
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections reset fully when released (settings, locks, prepared state)."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, timeout=10, command_timeout=30
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to the database: {type(exc).__name__}") from exc
+    assert pool is not None
+    return pool
+
+
+async def verify_app_role(pool: asyncpg.Pool) -> None:
+    """Refuse to serve as a role that row-level security would not bind."""
+    row = await pool.fetchrow(_ROLE_CHECK)
+    if row is None:
+        raise UnsafeRoleError("cannot read the login role's attributes")
+    problems = [
+        name
+        for name, present in (
+            ("superuser", row["rolsuper"]),
+            ("BYPASSRLS", row["rolbypassrls"]),
+            ("owner of tables", row["owns_tables"]),
+        )
+        if present
+    ]
+    if problems:
+        raise UnsafeRoleError(
+            "the database login role is " + ", ".join(problems) + "; connect as gatehouse_app"
+        )
