@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.auth import principal_of
 from gateway.errors import BadRequest, UpstreamUnavailable
 from gateway.jsonrpc import RpcError, RpcMessage, parse_message
+from gateway.permissions import require
 from gateway.services import Services, services_of
 from oauth.assertion import CallerIdentity
 
@@ -76,12 +77,13 @@ class McpForwarder:
                     scope, receive, send
                 )
                 return
-            self._observe(services, message)
+            self._authorize(scope, message)
+            services.metrics.mcp_method(message.method or "response")
         await self._forward(services, scope, body, send)
 
-    def _observe(self, services: Services, message: RpcMessage) -> None:
-        if message.method is not None:
-            services.metrics.mcp_method(message.method)
+    def _authorize(self, scope: Scope, message: RpcMessage) -> None:
+        if message.method == "tools/call":
+            require(principal_of(scope), "tools:call")
 
     def _headers(self, services: Services, scope: Scope) -> dict[str, str]:
         principal = principal_of(scope)

@@ -1,0 +1,257 @@
+"""The ``gatehouse`` command: ``up``, ``token`` and ``migrate``.
+
+``up`` is the one command that runs everything on a laptop: with no database or Redis URL it
+starts private ones under ``./.gatehouse/``, applies migrations, creates the internal-assertion
+key pair and a development issuer, then runs gateway and mcp_server as child processes until
+Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway import devissuer, embedded
+from oauth.keys import ensure_private_key_file, public_pem
+from sql import apply_migrations
+
+log = logging.getLogger("gatehouse")
+
+APP_ROLE = "gatehouse_app"
+_START_TIMEOUT = 30.0
+
+
+class UpSettings(BaseSettings):
+    """What ``up`` needs to decide between embedded and configured dependencies."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEHOUSE_", env_file=".env", extra="ignore")
+
+    database_url: str | None = None
+    admin_database_url: str | None = None
+    redis_url: str | None = None
+    issuer: str | None = None
+    internal_key_file: Path | None = None
+    public_url: str | None = None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gatehouse", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path(".gatehouse"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run gateway and mcp_server (embedded dependencies)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--gateway-port", type=int, default=8000)
+    up.add_argument("--mcp-port", type=int, default=8001)
+
+    token = commands.add_parser("token", help="print a development access token")
+    token.add_argument("--org", required=True)
+    token.add_argument("--user", required=True)
+    token.add_argument("--role", action="append", dest="roles")
+    token.add_argument("--lifetime", type=int, default=3600, help="seconds")
+    token.add_argument("--public-url", default=None, help="the gateway's URL (default: as up)")
+
+    migrate = commands.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument(
+        "--database-url", default=None, help="owner DSN (default: GATEHOUSE_ADMIN_DATABASE_URL)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = _parser().parse_args(argv)
+    if args.command == "token":
+        return _token(args)
+    if args.command == "migrate":
+        return _migrate(args)
+    return _up(args)
+
+
+def _default_public_url(port: int = 8000) -> str:
+    return os.environ.get("GATEHOUSE_PUBLIC_URL", f"http://127.0.0.1:{port}")
+
+
+def _token(args: argparse.Namespace) -> int:
+    key_file = args.data_dir / "dev_issuer.pem"
+    if not key_file.exists():
+        print(f"no development issuer key at {key_file}; run `gatehouse up` first", file=sys.stderr)
+        return 2
+    public_url = args.public_url or _default_public_url()
+    print(
+        devissuer.mint(
+            devissuer.ensure_key(key_file),
+            issuer=devissuer.dev_issuer(public_url),
+            audience=public_url.rstrip("/") + "/mcp",
+            org=args.org,
+            user=args.user,
+            roles=args.roles or ["member"],
+            lifetime=args.lifetime,
+        )
+    )
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    dsn = args.database_url or UpSettings().admin_database_url
+    if not dsn:
+        print("set GATEHOUSE_ADMIN_DATABASE_URL or pass --database-url", file=sys.stderr)
+        return 2
+    applied = asyncio.run(apply_migrations(dsn))
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    settings = UpSettings()
+    data_dir: Path = args.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    public_url = settings.public_url or f"http://{args.host}:{args.gateway_port}"
+    env = dict(os.environ)
+    with ExitStack() as stack:
+        env.update(_database(settings, data_dir, stack))
+        env.update(_redis(settings, data_dir, stack))
+        env.update(_internal_keys(settings, data_dir))
+        env.update(_issuer(settings, data_dir, public_url))
+        env["GATEHOUSE_PUBLIC_URL"] = public_url
+        env["GATEHOUSE_MCP_SERVER_URL"] = f"http://{args.host}:{args.mcp_port}/mcp"
+        children = [
+            _spawn("mcp_server.app:create_app", args.host, args.mcp_port, env, stack),
+            _spawn("gateway.app:create_app", args.host, args.gateway_port, env, stack),
+        ]
+        _wait_healthy([f"http://{args.host}:{args.mcp_port}/healthz", f"{public_url}/healthz"],
+                      children)
+        _banner(public_url, env, settings.issuer is None)
+        return _supervise(children)
+
+
+def _database(settings: UpSettings, data_dir: Path, stack: ExitStack) -> dict[str, str]:
+    if settings.database_url:
+        if settings.admin_database_url:
+            asyncio.run(apply_migrations(settings.admin_database_url))
+        return {}
+    postgres = embedded.start_postgres(data_dir)
+    stack.callback(postgres.stop)
+    applied = asyncio.run(apply_migrations(postgres.admin_url))
+    if applied:
+        log.info("applied migrations: %s", ", ".join(applied))
+    return {"GATEHOUSE_DATABASE_URL": postgres.app_url(APP_ROLE)}
+
+
+def _redis(settings: UpSettings, data_dir: Path, stack: ExitStack) -> dict[str, str]:
+    if settings.redis_url:
+        return {}
+    redis = embedded.start_redis(data_dir)
+    stack.callback(redis.stop)
+    return {"GATEHOUSE_REDIS_URL": redis.url}
+
+
+def _internal_keys(settings: UpSettings, data_dir: Path) -> dict[str, str]:
+    if settings.internal_key_file:
+        return {}
+    private = data_dir / "internal_assertion.pem"
+    public = data_dir / "internal_assertion.pub"
+    key = ensure_private_key_file(private)
+    public.write_bytes(public_pem(key))
+    return {
+        "GATEHOUSE_INTERNAL_KEY_FILE": str(private),
+        "GATEHOUSE_INTERNAL_PUBLIC_KEY_FILE": str(public),
+    }
+
+
+def _issuer(settings: UpSettings, data_dir: Path, public_url: str) -> dict[str, str]:
+    if settings.issuer:
+        return {}
+    key_file = data_dir / "dev_issuer.pem"
+    devissuer.ensure_key(key_file)
+    return {
+        "GATEHOUSE_ISSUER": devissuer.dev_issuer(public_url),
+        "GATEHOUSE_JWKS_URL": devissuer.dev_jwks_url(public_url),
+        "GATEHOUSE_DEV_ISSUER_KEY_FILE": str(key_file),
+    }
+
+
+def _spawn(
+    factory: str, host: str, port: int, env: dict[str, str], stack: ExitStack
+) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", host,
+               "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "10"]
+    # A session of its own: Ctrl-C reaches only `up`, which then stops children in order.
+    child = subprocess.Popen(command, env=env, start_new_session=True)
+    stack.callback(_stop, child)
+    return child
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _wait_healthy(urls: list[str], children: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + _START_TIMEOUT
+    pending = list(urls)
+    while pending:
+        if any(child.poll() is not None for child in children):
+            raise SystemExit("a Gatehouse process exited during start-up; see the log above")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"not healthy after {_START_TIMEOUT:.0f}s: {', '.join(pending)}")
+        try:
+            with urllib.request.urlopen(pending[0], timeout=1) as resp:  # noqa: S310 (loopback)
+                if resp.status == 200:
+                    pending.pop(0)
+                    continue
+        except OSError:
+            pass
+        time.sleep(0.1)
+
+
+def _banner(public_url: str, env: dict[str, str], dev_issuer: bool) -> None:
+    lines = [
+        "",
+        "Gatehouse is running.",
+        f"  gateway     {public_url}  (MCP endpoint: {public_url}/mcp)",
+        f"  mcp_server  {env['GATEHOUSE_MCP_SERVER_URL']}  (internal)",
+    ]
+    if dev_issuer:
+        lines += [
+            "  issuer      development issuer (keys in .gatehouse/)",
+            "",
+            "Get a token:   gatehouse token --org acme --user alice",
+            f"Use it:        Authorization: Bearer <token>  against {public_url}/mcp",
+        ]
+    lines += ["", "Press Ctrl-C to stop.", ""]
+    print("\n".join(lines), flush=True)
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
+    stop = False
+
+    def _request_stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
+    while not stop:
+        if any(child.poll() is not None for child in children):
+            log.error("a Gatehouse process exited unexpectedly; stopping")
+            return 1
+        time.sleep(0.2)
+    log.info("stopping")
+    return 0

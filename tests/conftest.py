@@ -1,0 +1,117 @@
+"""Session-wide real dependencies: PostgreSQL, Redis, an OpenID provider, and a running stack
+(mcp_server + gateway as uvicorn processes) configured to trust that provider."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from oauth.keys import ensure_private_key_file, public_pem
+from tests.support.databases import Database, test_database, test_redis
+from tests.support.oidc_provider import OidcProvider
+from tests.support.processes import Server, start_uvicorn
+
+
+@pytest.fixture(scope="session")
+def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gatehouse")
+
+
+@pytest.fixture(scope="session")
+def database(work_dir: Path) -> Iterator[Database]:
+    with test_database(work_dir) as db:
+        yield db
+
+
+@pytest.fixture(scope="session")
+def redis_url(work_dir: Path) -> Iterator[str]:
+    with test_redis(work_dir) as url:
+        redis.Redis.from_url(url).flushdb()
+        yield url
+
+
+@dataclass(frozen=True)
+class InternalKeys:
+    private: Path
+    public: Path
+
+
+@pytest.fixture(scope="session")
+def internal_keys(work_dir: Path) -> InternalKeys:
+    private = work_dir / "internal.pem"
+    public = work_dir / "internal.pub"
+    public.write_bytes(public_pem(ensure_private_key_file(private)))
+    return InternalKeys(private, public)
+
+
+@pytest.fixture(scope="session")
+def idp() -> Iterator[OidcProvider]:
+    with OidcProvider() as provider:
+        yield provider
+
+
+@pytest.fixture(scope="session")
+def mcp_server(internal_keys: InternalKeys, work_dir: Path) -> Iterator[Server]:
+    server = start_uvicorn(
+        "mcp_server.app:create_app",
+        {"GATEHOUSE_INTERNAL_PUBLIC_KEY_FILE": str(internal_keys.public)},
+        work_dir,
+        "mcp_server",
+    )
+    yield server
+    server.stop()
+
+
+GatewayFactory = Callable[..., Server]
+
+
+@pytest.fixture(scope="session")
+def gateway_env(
+    database: Database,
+    redis_url: str,
+    internal_keys: InternalKeys,
+    idp: OidcProvider,
+    mcp_server: Server,
+) -> dict[str, str]:
+    """Settings of a gateway that trusts the test identity provider."""
+    return {
+        "GATEHOUSE_DATABASE_URL": database.app_url,
+        "GATEHOUSE_REDIS_URL": redis_url,
+        "GATEHOUSE_MCP_SERVER_URL": mcp_server.url + "/mcp",
+        "GATEHOUSE_INTERNAL_KEY_FILE": str(internal_keys.private),
+        "GATEHOUSE_ISSUER": idp.issuer,
+        "GATEHOUSE_JWKS_URL": idp.jwks_url,
+        "GATEHOUSE_AUDIENCE": idp.audience,
+        "GATEHOUSE_USER_RATE_LIMIT": "100000/minute",
+        "GATEHOUSE_JWKS_REFRESH_COOLDOWN_SECONDS": "30",
+    }
+
+
+@pytest.fixture(scope="session")
+def start_gateway(gateway_env: dict[str, str], work_dir: Path) -> Iterator[GatewayFactory]:
+    """Start extra gateways with settings overridden; all are stopped at the end."""
+    started: list[Server] = []
+
+    def start(**overrides: str) -> Server:
+        env = {**gateway_env, **{f"GATEHOUSE_{k.upper()}": v for k, v in overrides.items()}}
+        server = start_uvicorn("gateway.app:create_app", env, work_dir, "gateway")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(start_gateway: GatewayFactory) -> Server:
+    return start_gateway()
+
+
+@pytest.fixture(scope="session")
+def alice_token(idp: OidcProvider) -> str:
+    return idp.access_token("acme", "alice", ["member"])

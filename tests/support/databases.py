@@ -1,0 +1,78 @@
+"""PostgreSQL and Redis for tests: the machine's servers when configured, embedded otherwise.
+
+``GATEHOUSE_TEST_ADMIN_DATABASE_URL`` names a superuser DSN (each test session creates and
+drops its own database); ``GATEHOUSE_TEST_REDIS_URL`` a Redis database that tests may flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from gateway import embedded
+from sql import apply_migrations
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def with_user(url: str, user: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
+@dataclass(frozen=True)
+class Database:
+    admin_url: str  # superuser, for setup and for tampering "as the owner"
+    app_url: str  # the gatehouse_app login role
+
+
+async def _execute(url: str, statement: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def test_database(work_dir: Path) -> Iterator[Database]:
+    server_url = os.environ.get("GATEHOUSE_TEST_ADMIN_DATABASE_URL")
+    stop = None
+    if not server_url:
+        postgres = embedded.start_postgres(work_dir / "embedded")
+        server_url, stop = postgres.admin_url, postgres.stop
+    name = f"gatehouse_test_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_execute(server_url, f'CREATE DATABASE "{name}"'))
+    admin_url = with_database(server_url, name)
+    try:
+        asyncio.run(apply_migrations(admin_url))
+        yield Database(admin_url, with_user(admin_url, "gatehouse_app"))
+    finally:
+        asyncio.run(_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if stop is not None:
+            stop()
+
+
+@contextmanager
+def test_redis(work_dir: Path) -> Iterator[str]:
+    url = os.environ.get("GATEHOUSE_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    redis = embedded.start_redis(work_dir / "embedded")
+    try:
+        yield redis.url
+    finally:
+        redis.stop()
