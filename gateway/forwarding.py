@@ -4,6 +4,8 @@ The caller's ``Authorization`` header is replaced by an internal assertion and n
 gateway; only MCP's own headers are carried, both ways. Response bodies (JSON or SSE) are sent
 on chunk by chunk as they arrive, never buffered. Request bodies are capped and checked for
 JSON-RPC shape first so malformed input gets a clear JSON-RPC error, not an upstream surprise.
+Protocol 2026-07-28 routes on ``Mcp-Method``/``Mcp-Name``/``Mcp-Param-*`` headers and 2025-11-25
+on ``Mcp-Session-Id``; both kinds are carried, so both protocol versions pass through unchanged.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class McpForwarder:
         headers = {
             key.decode("latin-1"): value.decode("latin-1")
             for key, value in scope["headers"]
-            if key in REQUEST_HEADERS
+            if key in REQUEST_HEADERS or key.startswith(b"mcp-param-")
         }
         caller = CallerIdentity(
             org_id=principal.org_id,

@@ -17,7 +17,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from gateway import embedded
 from sql import apply_migrations
 
 
@@ -51,6 +50,8 @@ def test_database(work_dir: Path) -> Iterator[Database]:
     server_url = os.environ.get("GATEHOUSE_TEST_ADMIN_DATABASE_URL")
     stop = None
     if not server_url:
+        from gateway import embedded
+
         postgres = embedded.start_postgres(work_dir / "embedded")
         server_url, stop = postgres.admin_url, postgres.stop
     name = f"gatehouse_test_{uuid.uuid4().hex[:10]}"
@@ -71,6 +72,8 @@ def test_redis(work_dir: Path) -> Iterator[str]:
     if url:
         yield url
         return
+    from gateway import embedded
+
     redis = embedded.start_redis(work_dir / "embedded")
     try:
         yield redis.url

@@ -1,0 +1,243 @@
+"""The gateway over HTTP: authentication answers, bad input, limits, operational endpoints."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from tests.support.oidc_provider import OidcProvider
+from tests.support.processes import Server, free_port
+
+MCP_HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "application/json, text/event-stream",
+    "MCP-Protocol-Version": "2025-11-25",
+}
+LIST_TOOLS = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+
+
+def post_mcp(
+    server: Server, token: str | None, body: Any = LIST_TOOLS, **kw: Any
+) -> httpx.Response:
+    headers = {**MCP_HEADERS, **kw.pop("headers", {})}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(server.url + "/mcp", content=content, headers=headers, timeout=10, **kw)
+
+
+def assert_problem(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/problem+json"
+    problem: dict[str, Any] = resp.json()
+    assert (problem["status"], problem["code"]) == (status, code)
+    assert problem["type"].endswith(code) and problem["title"] and problem["detail"]
+    assert "Traceback" not in resp.text
+    return problem
+
+
+def assert_401(resp: httpx.Response, server: Server, code: str = "invalid_token") -> None:
+    assert_problem(resp, 401, code)
+    challenge = resp.headers["www-authenticate"]
+    metadata = f'resource_metadata="{server.url}/.well-known/oauth-protected-resource/mcp"'
+    assert challenge.startswith("Bearer ") and metadata in challenge
+
+
+# --- authentication -------------------------------------------------------------------------
+
+
+def test_genuine_idp_access_token_is_accepted(gateway: Server, alice_token: str) -> None:
+    resp = post_mcp(gateway, alice_token)
+    assert resp.status_code == 200
+    assert "echo" in resp.text
+
+
+def test_missing_token_gets_a_discoverable_401(gateway: Server) -> None:
+    resp = post_mcp(gateway, None)
+    assert_401(resp, gateway, "missing_token")
+    assert "error=" not in resp.headers["www-authenticate"]  # RFC 6750: no error without a token
+
+
+@pytest.mark.parametrize("scheme", ["Basic dXNlcjpwYXNz", "Bearer", "Token abc", "bearer"])
+def test_malformed_authorization_is_401(gateway: Server, scheme: str) -> None:
+    resp = httpx.post(gateway.url + "/mcp", json=LIST_TOOLS,
+                      headers={**MCP_HEADERS, "Authorization": scheme})
+    assert resp.status_code == 401
+
+
+def test_id_token_is_not_an_access_token(gateway: Server, idp: OidcProvider) -> None:
+    resp = post_mcp(gateway, idp.id_token("acme", "alice"))
+    assert_401(resp, gateway)
+    assert 'error="invalid_token"' in resp.headers["www-authenticate"]
+
+
+def forge(idp: OidcProvider, **overrides: Any) -> str:
+    now = int(time.time())
+    claims = {"iss": idp.issuer, "aud": idp.audience, "sub": "alice", "org_id": "acme",
+              "iat": now, "exp": now + 300, **overrides}
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jwt.encode(claims, idp.private_key, algorithm="RS256",
+                      headers={"kid": idp.kid, "typ": "at+jwt"})
+
+
+def test_token_signed_with_the_idp_key_and_our_claims_is_accepted(
+    gateway: Server, idp: OidcProvider
+) -> None:
+    assert post_mcp(gateway, forge(idp)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"exp": int(time.time()) - 3600}, {"iss": "http://evil.example"}, {"aud": "other"},
+     {"org_id": None}, {"org_id": ""}, {"sub": 42}],
+)
+def test_bad_claims_are_401_over_http(
+    gateway: Server, idp: OidcProvider, overrides: dict[str, Any]
+) -> None:
+    assert_401(post_mcp(gateway, forge(idp, **overrides)), gateway)
+
+
+def test_alg_none_over_http_is_401(gateway: Server) -> None:
+    token = jwt.encode({"sub": "alice", "org_id": "acme"}, None, algorithm="none")  # type: ignore[arg-type]
+    assert_401(post_mcp(gateway, token), gateway)
+
+
+def test_oversized_token_is_401(gateway: Server) -> None:
+    assert_401(post_mcp(gateway, "a" * 9000), gateway)
+
+
+def test_viewer_cannot_call_tools_but_can_list_them(gateway: Server, idp: OidcProvider) -> None:
+    token = idp.access_token("acme", "victor", ["viewer"])
+    assert post_mcp(gateway, token).status_code == 200
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "x"}}}
+    resp = post_mcp(gateway, token, call)
+    problem = assert_problem(resp, 403, "insufficient_scope")
+    assert "tools:call" in problem["detail"]
+    assert 'error="insufficient_scope"' in resp.headers["www-authenticate"]
+
+
+def test_callers_token_never_reaches_mcp_server(
+    gateway: Server, mcp_server: Server, alice_token: str
+) -> None:
+    call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "x"}}}
+    assert post_mcp(gateway, alice_token, call).status_code == 200
+    # mcp_server accepts only assertions; the user's token alone is refused there.
+    direct = httpx.post(mcp_server.url + "/mcp", json=call,
+                        headers={**MCP_HEADERS, "Authorization": f"Bearer {alice_token}"})
+    assert direct.status_code == 401
+    assert alice_token not in gateway.log_text() and alice_token not in mcp_server.log_text()
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [(b"{not json", -32700), (b"\xff\xfe", -32700), (b"[]", -32600), (b'"text"', -32600),
+     (b'{"jsonrpc": "1.0", "id": 1, "method": "ping"}', -32600),
+     (b'{"jsonrpc": "2.0", "id": 1, "method": 7}', -32600),
+     (b'{"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}', -32600),
+     (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": [1]}', -32600)],
+)
+def test_malformed_json_rpc_gets_a_json_rpc_error(
+    gateway: Server, alice_token: str, body: bytes, code: int
+) -> None:
+    resp = post_mcp(gateway, alice_token, body)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == code
+    assert resp.json()["jsonrpc"] == "2.0"
+
+
+def test_unknown_method_gets_method_not_found(gateway: Server, alice_token: str) -> None:
+    resp = post_mcp(gateway, alice_token, {"jsonrpc": "2.0", "id": 9, "method": "no/such"})
+    assert resp.status_code == 200
+    assert '"code":-32601' in resp.text.replace(" ", "")
+
+
+def test_body_over_the_cap_is_413(gateway: Server, alice_token: str) -> None:
+    huge = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "x" * 1_100_000}}}
+    assert_problem(post_mcp(gateway, alice_token, huge), 413, "payload_too_large")
+
+
+def test_wrong_content_type_is_415(gateway: Server, alice_token: str) -> None:
+    resp = post_mcp(gateway, alice_token, headers={"Content-Type": "text/plain"})
+    assert_problem(resp, 415, "unsupported_media_type")
+
+
+def test_unknown_path_is_a_problem_document(gateway: Server) -> None:
+    assert_problem(httpx.get(gateway.url + "/nope"), 404, "not_found")
+
+
+def test_unreachable_mcp_server_is_a_quick_502(
+    start_gateway: Any, alice_token: str
+) -> None:
+    orphan = start_gateway(mcp_server_url=f"http://127.0.0.1:{free_port()}/mcp")
+    started = time.perf_counter()
+    resp = post_mcp(orphan, alice_token)
+    assert time.perf_counter() - started < 3
+    assert_problem(resp, 502, "upstream_unavailable")
+
+
+# --- rate limit ------------------------------------------------------------------------------
+
+
+def test_per_user_limit_answers_429_with_retry_after(
+    start_gateway: Any, idp: OidcProvider
+) -> None:
+    limited = start_gateway(user_rate_limit="3/minute")
+    token = idp.access_token("limited-org", "lara", ["member"])
+    statuses = [post_mcp(limited, token).status_code for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    resp = post_mcp(limited, token)
+    assert_problem(resp, 429, "rate_limited")
+    assert 1 <= int(resp.headers["retry-after"]) <= 60
+    assert resp.headers["ratelimit-policy"] == '"user";q=3;w=60'
+    # Another user of the same organisation has a bucket of their own.
+    other = idp.access_token("limited-org", "lars", ["member"])
+    assert post_mcp(limited, other).status_code == 200
+
+
+# --- operational endpoints ----------------------------------------------------------------------
+
+
+def test_health_and_readiness(gateway: Server) -> None:
+    assert httpx.get(gateway.url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(gateway.url + "/readyz")
+    assert ready.status_code == 200
+    checks = ready.json()["checks"]
+    assert set(checks) == {"database", "redis", "mcp_server", "jwks"}
+    assert all(check["ok"] for check in checks.values())
+
+
+def test_readiness_reports_the_failing_dependency(start_gateway: Any) -> None:
+    orphan = start_gateway(mcp_server_url=f"http://127.0.0.1:{free_port()}/mcp")
+    ready = httpx.get(orphan.url + "/readyz")
+    assert ready.status_code == 503
+    checks = ready.json()["checks"]
+    assert checks["mcp_server"]["ok"] is False and checks["database"]["ok"] is True
+
+
+def test_protected_resource_metadata(gateway: Server, idp: OidcProvider) -> None:
+    for path in ("/.well-known/oauth-protected-resource",
+                 "/.well-known/oauth-protected-resource/mcp"):
+        metadata = httpx.get(gateway.url + path).json()
+        assert metadata["resource"] == gateway.url + "/mcp"
+        assert metadata["authorization_servers"] == [idp.issuer]
+
+
+def test_metrics_count_requests_without_secrets(gateway: Server, alice_token: str) -> None:
+    post_mcp(gateway, alice_token)
+    post_mcp(gateway, "garbage")
+    text = httpx.get(gateway.url + "/metrics").text
+    assert 'gatehouse_http_requests_total{method="POST",route="/mcp",status="200"}' in text
+    assert 'gatehouse_auth_failures_total{code="invalid_token"}' in text
+    assert 'gatehouse_mcp_requests_total{method="tools/list"}' in text
+    assert alice_token not in text and "garbage" not in text
