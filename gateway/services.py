@@ -3,7 +3,9 @@ through ``scope["state"]["services"]`` (never a module global)."""
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -34,7 +36,7 @@ class Services:
     metrics: Metrics
 
 
-def services_of(scope: dict[str, object]) -> Services:
+def services_of(scope: MutableMapping[str, Any]) -> Services:
     state = scope["state"]
     assert isinstance(state, dict)
     services = state["services"]

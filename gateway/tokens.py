@@ -4,6 +4,11 @@ Order matters: size cap, then the header (type, algorithm allow-list, ``crit``, 
 the key from the issuer's JWKS (its own ``alg`` must agree), then signature and registered
 claims with PyJWT, then strict types for the time claims. Header parameters that name keys
 (``jku``, ``x5u``, ``jwk``, ``x5c``) are never consulted: keys come only from the configured JWKS.
+
+Agents send the same token on every call, and a signature check costs more than everything
+else the gateway does per request, so fully verified tokens are remembered for a short while.
+A remembered token is still held to its time claims on every use, and to its key: the key is
+looked up in the JWKS cache again, so it stops working as soon as its key leaves the JWKS.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jwt
+from cachetools import TTLCache
 
 from gateway.errors import Unauthenticated
 from gateway.jwks import JwksCache, JwksUnavailable
@@ -37,6 +43,8 @@ class TokenVerifier:
         token_types: Sequence[str],
         skew: int,
         max_bytes: int,
+        remember: int = 10_000,
+        remember_seconds: float = 60,
         clock: Callable[[], float] = time.time,
     ) -> None:
         unsafe = _SYMMETRIC.intersection(algorithms)
@@ -50,11 +58,21 @@ class TokenVerifier:
         self._skew = skew
         self._max_bytes = max_bytes
         self._clock = clock
+        self._verified: TTLCache[str, tuple[str, dict[str, Any]]] = TTLCache(
+            maxsize=remember, ttl=remember_seconds
+        )
 
     async def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, or :class:`Unauthenticated` saying (safely) why not."""
         if len(token) > self._max_bytes:
             raise Unauthenticated("token too large")
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            kid, claims = remembered
+            if await self._jwks.get(kid) is None:
+                raise Unauthenticated("token signed by an unknown key")
+            self._check_times(claims)
+            return claims
         header = _header(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
@@ -64,9 +82,12 @@ class TokenVerifier:
         typ = header.get("typ")
         if not isinstance(typ, str) or typ.lower() not in self._token_types:
             raise Unauthenticated("token type not accepted")
-        key = await self._key(header.get("kid"), alg)
+        kid = header.get("kid")
+        key = await self._key(kid, alg)
         claims = self._decode(token, key, alg)
         self._check_times(claims)
+        assert isinstance(kid, str)  # _key refused anything else
+        self._verified[token] = (kid, claims)
         return claims
 
     async def _key(self, kid: object, alg: str) -> jwt.PyJWK:

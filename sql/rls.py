@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Protocol
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from sql.errors import DatabaseUnavailable, InvalidTenant
 
@@ -41,7 +42,7 @@ def _checked(key: object, what: str) -> str:
 @asynccontextmanager
 async def rls_transaction(
     pool: asyncpg.Pool, tenant: Tenant
-) -> AsyncIterator[asyncpg.Connection]:
+) -> AsyncIterator[PoolConnectionProxy]:
     """Yield a connection inside a transaction scoped to ``tenant``'s organisation and user."""
     org_id = _checked(tenant.org_id, "org_id")
     user_id = _checked(tenant.user_id, "user_id")

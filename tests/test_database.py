@@ -64,6 +64,7 @@ async def test_app_role_cannot_bypass_rls(pool: asyncpg.Pool) -> None:
     row = await pool.fetchrow(
         "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
     )
+    assert row is not None
     assert (row["rolsuper"], row["rolbypassrls"]) == (False, False)
     assert await pool.fetchval("SELECT current_user") == "gatehouse_app"
     owned = await pool.fetchval(
@@ -108,6 +109,7 @@ async def test_pooled_connection_carries_no_identity(pool: asyncpg.Pool) -> None
             "SELECT current_setting('app.org_id', true) AS org, "
             "current_setting('app.user_id', true) AS usr, current_user AS role"
         )
+        assert settings is not None
         assert settings["org"] in (None, "")
         assert settings["usr"] in (None, "")
         assert settings["role"] == "gatehouse_app"

@@ -12,6 +12,7 @@ import pytest
 from fastmcp import Client as FastMcpClient
 from mcp import Client as SdkClient
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types import TextContent
 
 from tests.support.processes import Server
 
@@ -27,8 +28,14 @@ async def sdk_client(url: str, token: str, mode: str) -> AsyncIterator[SdkClient
             yield client
 
 
+def text_of(result: Any) -> str:
+    content = result.content[0]
+    assert isinstance(content, TextContent)
+    return content.text
+
+
 def whoami_of(result: Any) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(result.content[0].text)
+    data: dict[str, Any] = json.loads(text_of(result))
     return data
 
 
@@ -41,7 +48,7 @@ async def test_fastmcp_client_lists_and_calls_tools(
         names = {tool.name for tool in await client.list_tools()}
         assert {"echo", "whoami"} <= names
         echoed = await client.call_tool("echo", {"text": "héllo through the gateway"})
-        assert echoed.content[0].text == "héllo through the gateway"
+        assert text_of(echoed) == "héllo through the gateway"
         me = whoami_of(await client.call_tool("whoami", {}))
     assert (me["org_id"], me["user_id"], me["roles"]) == ("acme", "alice", ["member"])
     assert len(me["request_id"]) >= 8
@@ -56,7 +63,7 @@ async def test_sdk_client_lists_and_calls_tools(
         names = {tool.name for tool in (await client.list_tools()).tools}
         assert {"echo", "whoami"} <= names
         echoed = await client.call_tool("echo", {"text": "sdk"})
-        assert echoed.content[0].text == "sdk"
+        assert text_of(echoed) == "sdk"
         me = whoami_of(await client.call_tool("whoami", {}))
     assert (me["org_id"], me["user_id"]) == ("acme", "alice")
 
@@ -72,7 +79,7 @@ async def test_streamed_progress_reaches_the_client(
 
     async with sdk_client(gateway.url + "/mcp", alice_token, mode) as client:
         result = await client.call_tool("count", {"to": 5}, progress_callback=on_progress)
-    assert result.content[0].text == "counted to 5"
+    assert text_of(result) == "counted to 5"
     assert seen == [(float(i), 5.0, f"step {i}") for i in range(1, 6)]
 
 

@@ -261,3 +261,27 @@ def test_symmetric_algorithms_cannot_be_configured() -> None:
             issuer=ISSUER, audience=AUDIENCE, algorithms=["RS256", "HS256"],
             token_types=["at+jwt"], skew=0, max_bytes=8192,
         )
+
+
+async def test_remembered_token_still_expires_and_loses_trust_with_its_key(
+    jwks_server: JwksServer, signing_key: KeyPair
+) -> None:
+    now = [time.time()]
+    async with aiohttp.ClientSession() as http:
+        jwks = JwksCache(jwks_server.url, http, ttl=60, cooldown=30, fetch_timeout=1,
+                         clock=lambda: now[0])
+        verifier = TokenVerifier(
+            jwks, issuer=ISSUER, audience=AUDIENCE, algorithms=["RS256"],
+            token_types=["at+jwt"], skew=0, max_bytes=8192, clock=lambda: now[0],
+        )
+        token = sign(signing_key, claims(exp=int(now[0]) + 30))
+        await verifier.verify(token)
+        await verifier.verify(token)  # remembered
+        now[0] += 31
+        assert await rejected(verifier, token) == "token expired"
+
+        fresh = sign(signing_key, claims(exp=int(now[0]) + 300))
+        await verifier.verify(fresh)
+        jwks_server.keys = []
+        now[0] += 61  # past the JWKS TTL: the key is gone, so is the remembered token
+        assert await rejected(verifier, fresh) == "token signed by an unknown key"

@@ -1,0 +1,1 @@
+"""Benchmarks and Locust scenarios; run against a live stack, never as tests."""

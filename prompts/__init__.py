@@ -1,0 +1,1 @@
+"""Layered system-prompt composition in a sandboxed Jinja2 environment (not built yet)."""
