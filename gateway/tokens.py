@@ -82,12 +82,10 @@ class TokenVerifier:
         typ = header.get("typ")
         if not isinstance(typ, str) or typ.lower() not in self._token_types:
             raise Unauthenticated("token type not accepted")
-        kid = header.get("kid")
-        key = await self._key(kid, alg)
+        key = await self._key(header.get("kid"), alg)
         claims = self._decode(token, key, alg)
         self._check_times(claims)
-        assert isinstance(kid, str)  # _key refused anything else
-        self._verified[token] = (kid, claims)
+        self._verified[token] = (header["kid"], claims)
         return claims
 
     async def _key(self, kid: object, alg: str) -> jwt.PyJWK:
