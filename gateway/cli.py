@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway import devissuer, embedded
 from oauth.keys import ensure_private_key_file, public_pem
-from sql import apply_migrations
+from sql import apply_migrations, set_app_password
 
 log = logging.getLogger("gatehouse")
 
@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply database migrations")
     migrate.add_argument(
         "--database-url", default=None, help="owner DSN (default: GATEHOUSE_ADMIN_DATABASE_URL)"
+    )
+    migrate.add_argument(
+        "--app-password-env",
+        metavar="VAR",
+        help="also set the gatehouse_app role's password from this environment variable",
     )
     return parser
 
@@ -110,6 +115,9 @@ def _migrate(args: argparse.Namespace) -> int:
         return 2
     applied = asyncio.run(apply_migrations(dsn))
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    if args.app_password_env:
+        asyncio.run(set_app_password(dsn, os.environ.get(args.app_password_env, "")))
+        print("set the password of gatehouse_app")
     return 0
 
 

@@ -4,7 +4,7 @@ Application code touches tenant tables only through :func:`rls_transaction`.
 """
 
 from sql.errors import DatabaseError, DatabaseUnavailable, MigrationError, UnsafeRoleError
-from sql.migrate import apply_migrations
+from sql.migrate import apply_migrations, set_app_password
 from sql.pool import create_pool, verify_app_role
 from sql.queries import QUERIES
 from sql.rls import Tenant, rls_transaction
@@ -19,5 +19,6 @@ __all__ = [
     "apply_migrations",
     "create_pool",
     "rls_transaction",
+    "set_app_password",
     "verify_app_role",
 ]

@@ -105,3 +105,15 @@ async def _apply_pending(conn: asyncpg.Connection) -> list[str]:
             ) from exc
         done.append(f"{migration.version:04d}_{migration.name}")
     return done
+
+
+async def set_app_password(admin_dsn: str, password: str) -> None:
+    """Give the ``gatehouse_app`` login role a password (deployments without trust auth)."""
+    if not password:
+        raise MigrationError("the application role's password must not be empty")
+    conn = await asyncpg.connect(admin_dsn, timeout=10)
+    try:
+        literal = await conn.fetchval("SELECT quote_literal($1)", password)
+        await conn.execute(f"ALTER ROLE gatehouse_app PASSWORD {literal}")
+    finally:
+        await conn.close()

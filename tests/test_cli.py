@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 from fastmcp import Client
 from mcp_types import TextContent
 
+from tests.support.databases import Database, with_database
 from tests.support.processes import free_port
 
 GATEHOUSE = [sys.executable, "-m", "gateway"]
@@ -67,7 +72,17 @@ async def whoami(port: int, bearer: str) -> dict[str, object]:
     return data
 
 
-async def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
+@pytest.fixture
+def project_dir() -> Iterator[Path]:
+    """A fresh working directory outside pytest's own temporary root, whose permissions
+    pytest resets at every session start (the embedded cluster's user must traverse it)."""
+    path = Path(tempfile.mkdtemp(prefix="gatehouse-up-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_up_runs_everything_and_stops_cleanly(project_dir: Path) -> None:
+    tmp_path = project_dir
     gateway_port, mcp_port = free_port(), free_port()
     with gatehouse_up(tmp_path, gateway_port, mcp_port) as up:
         banner = (tmp_path / "up.log").read_text()
@@ -99,3 +114,28 @@ async def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
             assert await conn.fetchval("SELECT id FROM organizations") == "acme"
         finally:
             await conn.close()
+
+
+async def test_migrate_command_applies_once_and_sets_the_app_password(
+    database: Database,
+) -> None:
+    server = database.admin_url
+    name = f"gatehouse_cli_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(server)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = with_database(server, name)
+        env = {**clean_env(), "GATEHOUSE_ADMIN_DATABASE_URL": url, "APP_PW": "s3cret-pw"}
+        command = [*GATEHOUSE, "migrate", "--app-password-env", "APP_PW"]
+        first = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        assert "applied: 0001_initial" in first.stdout
+        again = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        assert "database is up to date" in again.stdout
+        assert "s3cret-pw" not in first.stdout + first.stderr + again.stdout + again.stderr
+        hashed = await conn.fetchval(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'gatehouse_app'"
+        )
+        assert hashed and hashed.startswith("SCRAM-SHA-256$")
+    finally:
+        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await conn.close()
