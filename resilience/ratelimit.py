@@ -23,7 +23,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 
 from resilience.errors import LimiterUnavailable
-from resilience.redis import COMMAND_TIMEOUT, CONNECT_TIMEOUT, limits_storage_uri
+from resilience.redis import create_pool, limits_storage_uri
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ class RateLimiter:
             limits_storage_uri(redis_url),
             implementation="redispy",
             wrap_exceptions=True,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=COMMAND_TIMEOUT,
+            # limits types its options as scalars but hands this one to redis-py as is.
+            connection_pool=create_pool(redis_url),  # type: ignore[arg-type]
         )
         self._strategy = SlidingWindowCounterRateLimiter(self._storage)
 
