@@ -13,11 +13,17 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import routes
+from gateway.activity import SessionActivity
+from gateway.api import audit as audit_api
+from gateway.api import members, openapi, sessions
+from gateway.api.endpoints import Endpoint
+from gateway.audit import AuditTrail
 from gateway.auth import AuthenticationMiddleware
+from gateway.background import every
 from gateway.forwarding import McpForwarder
 from gateway.jwks import JwksCache
 from gateway.metrics import Metrics
@@ -33,6 +39,8 @@ from oauth.assertion import AssertionSigner
 from oauth.keys import load_private_key
 from resilience import FailurePolicy, RateLimiter, create_redis
 from sql import create_pool, verify_app_role
+
+API: list[Endpoint] = [*sessions.ENDPOINTS, *members.ENDPOINTS, *audit_api.ENDPOINTS]
 
 
 @asynccontextmanager
@@ -75,6 +83,7 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
                 org=settings.org_claim,
                 user=settings.user_claim,
                 roles=settings.roles_claim,
+                platform_admin=settings.platform_admin_claim,
                 default_roles=tuple(settings.default_roles),
             ),
             provisioner=Provisioner(pool, ttl=settings.provisioning_cache_seconds),
@@ -91,6 +100,12 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
                 lifetime=settings.assertion_lifetime_seconds,
             ),
             metrics=Metrics(),
+            audit=AuditTrail(
+                pool,
+                RateLimiter(settings.redis_url, settings.audit_auth_failure_limit,
+                            namespace="gatehouse-audit"),
+            ),
+            activity=SessionActivity(pool),
         )
     finally:
         await http.close()
@@ -109,10 +124,19 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
-        async with _resources(resolved) as services:
+        async with (
+            _resources(resolved) as services,
+            every(resolved.audit_flush_seconds, services.audit.flush),
+            every(resolved.session_activity_flush_seconds, services.activity.flush),
+        ):
             yield {"services": services}
 
     forwarder = McpForwarder()
+    document = openapi.document(API, server_url=resolved.public_url)
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(document)
+
     return Starlette(
         routes=[
             Route("/healthz", routes.healthz),
@@ -124,7 +148,10 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
                 routes.protected_resource_metadata,
             ),
             Route("/dev/jwks.json", routes.dev_jwks),
+            Route("/openapi.json", openapi_json),
             Route("/mcp", forwarder, methods=["GET", "POST", "DELETE"]),
+            Route("/mcp/{session_id}", forwarder, methods=["GET", "POST", "DELETE"]),
+            *(endpoint.route() for endpoint in API),
         ],
         middleware=[
             Middleware(RequestContextMiddleware),

@@ -8,12 +8,16 @@ so MCP clients can discover the issuer.
 
 from __future__ import annotations
 
+import logging
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import Unauthenticated
 from gateway.principal import Principal
 from gateway.problem import error_response
 from gateway.services import Services, services_of
+
+log = logging.getLogger(__name__)
 
 PROTECTED_PREFIXES = ("/mcp", "/v1")
 
@@ -55,6 +59,7 @@ class AuthenticationMiddleware:
             scope["state"]["principal"] = await self._authenticate(services, scope)
         except Unauthenticated as exc:
             services.metrics.auth_failures.labels(exc.code).inc()
+            await _audit_failure(services, exc.code, scope["state"].get("request_id", ""))
             token_given = exc.code != "missing_token"
             exc.headers["WWW-Authenticate"] = challenge(services, exc if token_given else None)
             response = error_response(exc, request_id=scope["state"].get("request_id"))
@@ -67,9 +72,14 @@ class AuthenticationMiddleware:
         if token is None:
             raise Unauthenticated("a bearer token is required", code="missing_token")
         claims = await services.verifier.verify(token)
-        principal = services.claims.principal(claims)
-        await services.provisioner.ensure(principal)
-        return principal
+        return await services.provisioner.ensure(services.claims.principal(claims))
+
+
+async def _audit_failure(services: Services, code: str, request_id: str) -> None:
+    try:
+        await services.audit.auth_failure(code, request_id)
+    except Exception:  # the 401 matters more than its audit row
+        log.warning("could not audit an authentication failure", exc_info=True)
 
 
 def principal_of(scope: Scope) -> Principal:

@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway import devissuer, embedded
 from oauth.keys import ensure_private_key_file, public_pem
-from sql import apply_migrations, set_app_password
+from sql import apply_migrations, set_app_password, verify_audit_chain
 
 log = logging.getLogger("gatehouse")
 
@@ -71,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="VAR",
         help="also set the gatehouse_app role's password from this environment variable",
     )
+    audit = commands.add_parser("audit", help="audit log tools")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="check every organisation's hash chain; names the first broken row"
+    )
+    verify.add_argument(
+        "--database-url",
+        default=None,
+        help="DSN of a role that bypasses RLS, e.g. the superuser "
+        "(default: GATEHOUSE_ADMIN_DATABASE_URL)",
+    )
     return parser
 
 
@@ -81,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return _token(args)
     if args.command == "migrate":
         return _migrate(args)
+    if args.command == "audit":
+        return _audit_verify(args)
     return _up(args)
 
 
@@ -118,6 +131,21 @@ def _migrate(args: argparse.Namespace) -> int:
     if args.app_password_env:
         asyncio.run(set_app_password(dsn, os.environ.get(args.app_password_env, "")))
         print("set the password of gatehouse_app")
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    dsn = args.database_url or UpSettings().admin_database_url
+    if not dsn:
+        print("set GATEHOUSE_ADMIN_DATABASE_URL or pass --database-url", file=sys.stderr)
+        return 2
+    report = asyncio.run(verify_audit_chain(dsn))
+    if report.first_break is not None:
+        org_id, seq = report.first_break
+        print(f"audit chain BROKEN: organisation {org_id!r}, first broken row seq={seq} "
+              f"({report.broken_rows} row(s) fail verification)")
+        return 1
+    print(f"audit chain intact: {report.rows} row(s) in {report.organisations} organisation(s)")
     return 0
 
 

@@ -10,10 +10,15 @@ on ``Mcp-Session-Id``; both kinds are carried, so both protocol versions pass th
 
 from __future__ import annotations
 
+import time
+
 import aiohttp
+from asyncpg import Record
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.api.sessions import usable_session
+from gateway.audit import AuditEntry
 from gateway.auth import principal_of
 from gateway.errors import BadRequest, UpstreamUnavailable
 from gateway.jsonrpc import RpcError, RpcMessage, parse_message
@@ -30,6 +35,7 @@ RESPONSE_HEADERS = frozenset({
     "www-authenticate", "allow",
 })
 _JSON_TYPES = ("application/json",)
+_ERROR_MARKERS = (b'"isError":true', b'"error":{')
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
@@ -65,6 +71,7 @@ class McpForwarder:
         if scope["method"] not in ("POST", "GET", "DELETE"):
             raise BadRequest("use POST, GET or DELETE", status=405, code="method_not_allowed")
         body = b""
+        message: RpcMessage | None = None
         if scope["method"] == "POST":
             if _content_type(scope) not in _JSON_TYPES:
                 raise BadRequest(
@@ -81,13 +88,46 @@ class McpForwarder:
                 return
             self._authorize(scope, message)
             services.metrics.mcp_method(message.method or "response")
-        await self._forward(services, scope, body, send)
+        session = await self._session(services, scope)
+        started = time.perf_counter()
+        succeeded = await self._forward(services, scope, body, send, session)
+        if message is not None and message.method == "tools/call":
+            self._audit_tool_call(services, scope, message, session, succeeded, started)
+
+    def _audit_tool_call(
+        self, services: Services, scope: Scope, message: RpcMessage, session: Record | None,
+        succeeded: bool, started: float,
+    ) -> None:
+        """Queue the call's audit entry: tool, outcome and duration, never arguments or results."""
+        principal = principal_of(scope)
+        details: dict[str, object] = {
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2)
+        }
+        if session is not None:
+            details["session_id"] = str(session["id"])
+        services.audit.enqueue(AuditEntry(
+            principal.org_id, principal.user_id, "tool.call",
+            "success" if succeeded else "failure", target=f"tool:{message.tool or ''}",
+            details=details, request_id=scope["state"]["request_id"],
+        ))
 
     def _authorize(self, scope: Scope, message: RpcMessage) -> None:
         if message.method == "tools/call":
             require(principal_of(scope), "tools:call")
 
-    def _headers(self, services: Services, scope: Scope) -> dict[str, str]:
+    async def _session(self, services: Services, scope: Scope) -> Record | None:
+        """The session named in the path, which the caller must own and which must be active;
+        ``None`` for the user's default context (``/mcp``)."""
+        raw = scope.get("path_params", {}).get("session_id")
+        if raw is None:
+            return None
+        row = await usable_session(services.pool, principal_of(scope), raw)
+        services.activity.touch(row["org_id"], str(row["id"]))
+        return row
+
+    def _headers(
+        self, services: Services, scope: Scope, session: Record | None
+    ) -> dict[str, str]:
         principal = principal_of(scope)
         state = scope["state"]
         headers = {
@@ -101,19 +141,26 @@ class McpForwarder:
             roles=principal.roles,
             request_id=state["request_id"],
             traceparent=state["traceparent"],
+            session_id=str(session["id"]) if session else None,
+            allowed_tools=tuple(session["allowed_tools"])
+            if session and session["allowed_tools"] is not None
+            else None,
         )
         headers["authorization"] = "Bearer " + services.signer.sign(caller)
         headers["x-request-id"] = state["request_id"]
         headers["traceparent"] = state["traceparent"]
         return headers
 
-    async def _forward(self, services: Services, scope: Scope, body: bytes, send: Send) -> None:
+    async def _forward(
+        self, services: Services, scope: Scope, body: bytes, send: Send, session: Record | None
+    ) -> bool:
+        """Relay the exchange; whether it succeeded (2xx, and no error in what was relayed)."""
         try:
             upstream = await services.http.request(
                 scope["method"],
                 services.settings.mcp_server_url,
                 data=body or None,
-                headers=self._headers(services, scope),
+                headers=self._headers(services, scope, session),
                 allow_redirects=False,
             )
         except (aiohttp.ClientError, OSError) as exc:
@@ -134,14 +181,20 @@ class McpForwarder:
                     if k.lower() in RESPONSE_HEADERS
                 ],
             })
-            await self._stream(services, upstream, send)
+            clean = await self._stream(services, upstream, send)
+        return clean and 200 <= upstream.status < 300
 
     async def _stream(
         self, services: Services, upstream: aiohttp.ClientResponse, send: Send
-    ) -> None:
+    ) -> bool:
+        clean = True
         try:
             async for chunk in upstream.content.iter_any():
+                # A tool's failure travels inside a 200 response; spot it without parsing.
+                clean = clean and not any(marker in chunk for marker in _ERROR_MARKERS)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (TimeoutError, aiohttp.ClientError):
             services.metrics.upstream_errors.labels("stream").inc()
+            clean = False
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return clean

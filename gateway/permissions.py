@@ -1,6 +1,7 @@
 """Roles as sets of permission strings, and the one check every endpoint uses.
 
 A permission is ``resource:action``; a role may grant ``resource:*`` or ``*``.
+``sessions:admin`` lets its holder see and close every session of the organisation.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from gateway.principal import Principal
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "owner": frozenset({"*"}),
     "admin": frozenset({"sessions:*", "prompts:*", "audit:read", "tools:*", "members:*"}),
-    "member": frozenset({"sessions:read", "sessions:write", "prompts:read", "tools:*"}),
-    "viewer": frozenset({"sessions:read", "prompts:read", "tools:list"}),
+    "member": frozenset({"sessions:read", "sessions:write", "prompts:read", "tools:*",
+                         "members:read"}),
+    "viewer": frozenset({"sessions:read", "prompts:read", "tools:list", "members:read"}),
 }
 
 

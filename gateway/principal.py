@@ -19,6 +19,7 @@ class Principal:
     user_id: str
     roles: tuple[str, ...]
     scopes: frozenset[str]
+    platform_admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class ClaimMapping:
     org: str = "org_id"
     user: str = "sub"
     roles: str = "roles"
+    platform_admin: str = "gatehouse_platform_admin"
     default_roles: Sequence[str] = ("member",)
 
     def principal(self, claims: Mapping[str, Any]) -> Principal:
@@ -36,6 +38,7 @@ class ClaimMapping:
             user_id=_identifier(_lookup(claims, self.user), "user"),
             roles=_roles(_lookup(claims, self.roles), self.default_roles),
             scopes=_scopes(claims.get("scope")),
+            platform_admin=_lookup(claims, self.platform_admin) is True,
         )
 
 

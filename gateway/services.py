@@ -11,6 +11,8 @@ import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
+from gateway.activity import SessionActivity
+from gateway.audit import AuditTrail
 from gateway.jwks import JwksCache
 from gateway.metrics import Metrics
 from gateway.principal import ClaimMapping
@@ -34,6 +36,8 @@ class Services:
     user_limiter: RateLimiter
     signer: AssertionSigner
     metrics: Metrics
+    audit: AuditTrail
+    activity: SessionActivity
 
 
 def services_of(scope: MutableMapping[str, Any]) -> Services:

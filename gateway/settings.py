@@ -33,8 +33,17 @@ class GatewaySettings(BaseSettings):
     org_claim: str = "org_id"
     user_claim: str = "sub"
     roles_claim: str = "roles"
+    platform_admin_claim: str = "gatehouse_platform_admin"
     default_roles: list[str] = ["member"]
-    provisioning_cache_seconds: float = Field(default=300, ge=0)
+    provisioning_cache_seconds: float = Field(default=30, ge=0)
+
+    session_default_ttl_seconds: int = Field(default=86_400, ge=60)
+    session_max_ttl_seconds: int = Field(default=30 * 86_400, ge=60)
+    session_max_active_per_user: int = Field(default=50, ge=1)
+    session_max_active_per_org: int = Field(default=10_000, ge=1)
+    session_activity_flush_seconds: float = Field(default=5, gt=0)
+    audit_flush_seconds: float = Field(default=1, gt=0)
+    audit_auth_failure_limit: str = "60/minute"
 
     user_rate_limit: str = "600/minute"
     rate_limit_fail_open: bool = True

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp
 
 from mcp_server import tools
 from mcp_server.auth import AssertionMiddleware
+from mcp_server.scope import SessionToolScope
 from mcp_server.settings import McpServerSettings
 from oauth.assertion import AssertionVerifier
 from oauth.keys import load_public_key
@@ -21,7 +22,7 @@ INSTRUCTIONS = "Gatehouse tools, called as the organisation and user the gateway
 
 
 def build_mcp() -> FastMCP:
-    mcp = FastMCP("gatehouse", instructions=INSTRUCTIONS)
+    mcp = FastMCP("gatehouse", instructions=INSTRUCTIONS, middleware=[SessionToolScope()])
     tools.register(mcp)
 
     @mcp.custom_route("/healthz", methods=["GET"])

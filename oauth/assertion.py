@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -36,7 +36,7 @@ class CallerIdentity:
     roles: tuple[str, ...] = ()
     session_id: str | None = None
     traceparent: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    allowed_tools: tuple[str, ...] | None = None  # None: every tool
 
 
 class AssertionSigner:
@@ -63,6 +63,8 @@ class AssertionSigner:
             claims["sid"] = caller.session_id
         if caller.traceparent is not None:
             claims["traceparent"] = caller.traceparent
+        if caller.allowed_tools is not None:
+            claims["tools"] = list(caller.allowed_tools)
         return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE})
 
 
@@ -98,4 +100,13 @@ class AssertionVerifier:
             roles=tuple(str(r) for r in claims.get("roles", [])),
             session_id=claims.get("sid"),
             traceparent=claims.get("traceparent"),
+            allowed_tools=_tools(claims.get("tools")),
         )
+
+
+def _tools(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise AssertionRejected("assertion tools claim is malformed")
+    return tuple(value)

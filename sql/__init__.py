@@ -3,6 +3,7 @@
 Application code touches tenant tables only through :func:`rls_transaction`.
 """
 
+from sql.audit import ChainReport, verify_audit_chain
 from sql.errors import DatabaseError, DatabaseUnavailable, MigrationError, UnsafeRoleError
 from sql.migrate import apply_migrations, set_app_password
 from sql.pool import create_pool, verify_app_role
@@ -11,6 +12,7 @@ from sql.rls import Tenant, rls_transaction
 
 __all__ = [
     "QUERIES",
+    "ChainReport",
     "DatabaseError",
     "DatabaseUnavailable",
     "MigrationError",
@@ -21,4 +23,5 @@ __all__ = [
     "rls_transaction",
     "set_app_password",
     "verify_app_role",
+    "verify_audit_chain",
 ]

@@ -1,15 +1,125 @@
 -- Named queries. Each starts with a "-- name: NAME" line; the text up to the next one is the query.
 
 -- name: provision_principal
--- Creates the organisation, the user and the user's roles on first sight, in one round trip.
--- Idempotent: existing rows are left as they are.
+-- Creates the organisation and the user on first sight, seeding the user's memberships from
+-- the token's roles; afterwards memberships are the source of truth. Returns the user's roles.
 WITH org AS (
     INSERT INTO organizations (id) VALUES ($1) ON CONFLICT (id) DO NOTHING
 ), usr AS (
     INSERT INTO users (org_id, id) VALUES ($1, $2) ON CONFLICT (org_id, id) DO NOTHING
-), roles AS (
+    RETURNING id
+), seeded AS (
     INSERT INTO memberships (org_id, user_id, role)
     SELECT $1, $2, role FROM unnest($3::text[]) AS role
+    WHERE EXISTS (SELECT 1 FROM usr)
     ON CONFLICT (org_id, user_id, role) DO NOTHING
 )
-SELECT 1;
+SELECT CASE WHEN EXISTS (SELECT 1 FROM usr) THEN $3::text[]
+            ELSE (SELECT coalesce(array_agg(role ORDER BY role), '{}') FROM memberships
+                  WHERE org_id = $1 AND user_id = $2)
+       END;
+
+-- name: roles_of
+SELECT coalesce(array_agg(role ORDER BY role), '{}') FROM memberships
+WHERE org_id = $1 AND user_id = $2;
+
+-- name: lock_session_quota
+-- Serialises session creation within an organisation so the caps hold under concurrency.
+SELECT pg_advisory_xact_lock(hashtextextended('gatehouse.sessions:' || $1, 0));
+
+-- name: count_active_sessions
+SELECT count(*) FILTER (WHERE user_id = $2) AS user_active, count(*) AS org_active
+FROM sessions WHERE org_id = $1 AND status = 'active' AND expires_at > now();
+
+-- name: insert_session
+INSERT INTO sessions (org_id, user_id, name, allowed_tools, variables, metadata, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+RETURNING *;
+
+-- name: get_session
+SELECT * FROM sessions WHERE org_id = $1 AND id = $2;
+
+-- name: list_sessions
+-- $3: only this user's sessions (NULL for all visible); $4: status filter (NULL for any);
+-- ($5, $6): the cursor, the last (created_at, id) already returned.
+SELECT * FROM sessions
+WHERE org_id = $1
+  AND ($3::text IS NULL OR user_id = $3)
+  AND ($4::text IS NULL
+       OR ($4 = 'active' AND status = 'active' AND expires_at > now())
+       OR ($4 = 'expired' AND status = 'active' AND expires_at <= now())
+       OR ($4 = 'closed' AND status = 'closed'))
+  AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $2;
+
+-- name: update_session
+-- NULL leaves a field as it is; $8 replaces allowed_tools when $7 is true.
+UPDATE sessions SET
+    name = coalesce($3, name),
+    variables = coalesce($4, variables),
+    metadata = coalesce($5, metadata),
+    expires_at = coalesce(now() + make_interval(secs => $6), expires_at),
+    allowed_tools = CASE WHEN $7 THEN $8 ELSE allowed_tools END
+WHERE org_id = $1 AND id = $2 AND status = 'active' AND expires_at > now()
+RETURNING *;
+
+-- name: close_session
+UPDATE sessions SET status = 'closed', closed_at = now()
+WHERE org_id = $1 AND id = $2 AND status = 'active'
+RETURNING *;
+
+-- name: touch_sessions
+-- Records last use for a batch of sessions; never moves last_used_at backwards.
+UPDATE sessions AS s SET last_used_at = greatest(s.last_used_at, t.used_at)
+FROM unnest($2::uuid[], $3::timestamptz[]) AS t (id, used_at)
+WHERE s.org_id = $1 AND s.id = t.id;
+
+-- name: append_audit
+INSERT INTO audit_log (org_id, actor, event, target, outcome, details, request_id, prev_hash, hash)
+VALUES ($1, $2, $3, $4, $5, $6, $7, '\x', '\x');
+
+-- name: list_audit
+SELECT org_id, seq, occurred_at, actor, event, target, outcome, details, request_id
+FROM audit_log
+WHERE org_id = $1
+  AND ($3::text IS NULL OR event = $3)
+  AND ($4::text IS NULL OR actor = $4)
+  AND ($5::bigint IS NULL OR seq < $5)
+ORDER BY seq DESC
+LIMIT $2;
+
+-- name: verify_audit_chain
+-- Every row whose stored links disagree with a recomputation, first break first per org.
+SELECT org_id, seq FROM (
+    SELECT a.org_id, a.seq, a.prev_hash, a.hash,
+           lag(a.hash, 1, '\x'::bytea) OVER w AS expected_prev,
+           lag(a.seq, 1, 0::bigint) OVER w AS previous_seq,
+           audit_row_hash(a.prev_hash, a) AS recomputed
+    FROM audit_log a
+    WINDOW w AS (PARTITION BY a.org_id ORDER BY a.seq)
+) chain
+WHERE prev_hash <> expected_prev OR hash <> recomputed OR seq <> previous_seq + 1
+ORDER BY org_id, seq;
+
+-- name: list_members
+SELECT u.id AS user_id, coalesce(array_agg(m.role ORDER BY m.role)
+       FILTER (WHERE m.role IS NOT NULL), '{}') AS roles
+FROM users u LEFT JOIN memberships m ON m.org_id = u.org_id AND m.user_id = u.id
+WHERE u.org_id = $1
+GROUP BY u.id ORDER BY u.id
+LIMIT 1000;
+
+-- name: member_exists
+SELECT EXISTS (SELECT 1 FROM users WHERE org_id = $1 AND id = $2);
+
+-- name: replace_roles
+WITH gone AS (
+    DELETE FROM memberships WHERE org_id = $1 AND user_id = $2 AND NOT (role = ANY($3::text[]))
+)
+INSERT INTO memberships (org_id, user_id, role)
+SELECT $1, $2, role FROM unnest($3::text[]) AS role
+ON CONFLICT (org_id, user_id, role) DO NOTHING;
+
+-- name: owner_count
+SELECT count(*) FROM memberships WHERE org_id = $1 AND role = 'owner';

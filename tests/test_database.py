@@ -50,10 +50,10 @@ async def test_migrations_are_idempotent_and_safe_concurrently(database: Databas
     try:
         url = with_database(server, name)
         first, second = await asyncio.gather(apply_migrations(url), apply_migrations(url))
-        assert sorted([first, second], key=len) == [[], ["0001_initial"]]
+        assert sorted([first, second], key=len) == [[], ["0001_initial", "0002_sessions_audit"]]
         assert await apply_migrations(url) == []
         check = await asyncpg.connect(url)
-        assert await check.fetchval("SELECT count(*) FROM gatehouse_migrations") == 1
+        assert await check.fetchval("SELECT count(*) FROM gatehouse_migrations") == 2
         await check.close()
     finally:
         await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -1,0 +1,137 @@
+"""Request and response models of the ``/v1`` API; the OpenAPI document is generated from them."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    field_validator,
+)
+
+MAX_JSON_BYTES = 32 * 1024
+
+ToolName = Annotated[str, StringConstraints(min_length=1, max_length=128,
+                                            pattern=r"^[A-Za-z0-9_.\-/]+$")]
+Role = Literal["owner", "admin", "member", "viewer"]
+SessionStatus = Literal["active", "closed", "expired"]
+
+
+def _bounded(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    if len(json.dumps(value)) > MAX_JSON_BYTES:
+        raise ValueError(f"must serialise to at most {MAX_JSON_BYTES} bytes")
+    return value
+
+
+JsonObject = Annotated[dict[str, JsonValue], AfterValidator(_bounded)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionCreate(_Strict):
+    name: str = Field(default="", max_length=200)
+    allowed_tools: list[ToolName] | None = Field(
+        default=None, max_length=200, description="tools the session may use; null for all"
+    )
+    variables: JsonObject = Field(default_factory=dict)
+    metadata: JsonObject = Field(default_factory=dict)
+    ttl_seconds: int | None = Field(
+        default=None, ge=60, description="lifetime in seconds; default and maximum are configured"
+    )
+
+
+class SessionUpdate(_Strict):
+    name: str | None = Field(default=None, max_length=200)
+    allowed_tools: list[ToolName] | None = Field(default=None, max_length=200)
+    variables: JsonObject | None = None
+    metadata: JsonObject | None = None
+    ttl_seconds: int | None = Field(default=None, ge=60, description="new lifetime from now")
+    status: Literal["closed"] | None = Field(default=None, description="close the session")
+
+
+class Session(BaseModel):
+    id: str
+    user_id: str
+    name: str
+    allowed_tools: list[str] | None
+    variables: dict[str, Any]
+    metadata: dict[str, Any]
+    status: SessionStatus
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    closed_at: datetime | None
+
+
+class SessionPage(BaseModel):
+    items: list[Session]
+    next_cursor: str | None
+
+
+class SessionQuery(_Strict):
+    status: SessionStatus | None = None
+    limit: int = Field(default=50, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=200)
+    all_users: bool = Field(default=False, description="admins: every member's sessions")
+
+
+class RolesUpdate(_Strict):
+    roles: list[Role] = Field(min_length=1, max_length=4)
+
+    @field_validator("roles")
+    @classmethod
+    def _unique(cls, roles: list[str]) -> list[str]:
+        return sorted(set(roles))
+
+
+class Member(BaseModel):
+    user_id: str
+    roles: list[str]
+
+
+class MemberList(BaseModel):
+    items: list[Member]
+
+
+class AuditEvent(BaseModel):
+    seq: int
+    occurred_at: datetime
+    actor: str
+    event: str
+    target: str
+    outcome: str
+    details: dict[str, Any]
+    request_id: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEvent]
+    next_cursor: str | None
+
+
+class AuditQuery(_Strict):
+    event: str | None = Field(default=None, max_length=64)
+    actor: str | None = Field(default=None, max_length=255)
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = Field(default=None, max_length=32)
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; ``code`` is stable and meant for programs."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    request_id: str | None = None
+    errors: list[dict[str, Any]] | None = None
