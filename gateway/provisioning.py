@@ -31,11 +31,14 @@ class Provisioner:
         roles = self._roles.get(key) if self._enabled else None
         if roles is None:
             async with rls_transaction(self._pool, principal) as conn:
-                found = await conn.fetchval(
+                created = await conn.fetchval(
                     QUERIES["provision_principal"],
                     principal.org_id,
                     principal.user_id,
                     list(principal.roles),
+                )
+                found = principal.roles if created else await conn.fetchval(
+                    QUERIES["roles_of"], principal.org_id, principal.user_id
                 )
             roles = tuple(sorted(found))
             self._roles[key] = roles

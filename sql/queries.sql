@@ -2,7 +2,9 @@
 
 -- name: provision_principal
 -- Creates the organisation and the user on first sight, seeding the user's memberships from
--- the token's roles; afterwards memberships are the source of truth. Returns the user's roles.
+-- the token's roles; afterwards memberships are the source of truth. Returns whether the user
+-- was created now; if not, read the roles with roles_of, in a statement of its own: a
+-- concurrent first request may have seeded them after this statement's snapshot was taken.
 WITH org AS (
     INSERT INTO organizations (id) VALUES ($1) ON CONFLICT (id) DO NOTHING
 ), usr AS (
@@ -14,10 +16,7 @@ WITH org AS (
     WHERE EXISTS (SELECT 1 FROM usr)
     ON CONFLICT (org_id, user_id, role) DO NOTHING
 )
-SELECT CASE WHEN EXISTS (SELECT 1 FROM usr) THEN $3::text[]
-            ELSE (SELECT coalesce(array_agg(role ORDER BY role), '{}') FROM memberships
-                  WHERE org_id = $1 AND user_id = $2)
-       END;
+SELECT EXISTS (SELECT 1 FROM usr);
 
 -- name: roles_of
 SELECT coalesce(array_agg(role ORDER BY role), '{}') FROM memberships

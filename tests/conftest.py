@@ -22,14 +22,14 @@ def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def database(work_dir: Path) -> Iterator[Database]:
-    with test_database(work_dir) as db:
+def database() -> Iterator[Database]:
+    with test_database() as db:
         yield db
 
 
 @pytest.fixture(scope="session")
-def redis_url(work_dir: Path) -> Iterator[str]:
-    with test_redis(work_dir) as url:
+def redis_url() -> Iterator[str]:
+    with test_redis() as url:
         redis.Redis.from_url(url).flushdb()
         yield url
 

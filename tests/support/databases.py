@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from sql import apply_migrations
+
+
+def _private_dir(kind: str) -> Path:
+    """Outside pytest's temporary root, whose permissions pytest resets at every session start
+    (the embedded cluster runs as another system user that must traverse the path)."""
+    return Path(tempfile.mkdtemp(prefix=f"gatehouse-test-{kind}-"))
 
 
 def with_database(url: str, name: str) -> str:
@@ -46,13 +53,13 @@ async def _execute(url: str, statement: str) -> None:
 
 
 @contextmanager
-def test_database(work_dir: Path) -> Iterator[Database]:
+def test_database() -> Iterator[Database]:
     server_url = os.environ.get("GATEHOUSE_TEST_ADMIN_DATABASE_URL")
     stop = None
     if not server_url:
         from gateway import embedded
 
-        postgres = embedded.start_postgres(work_dir / "embedded")
+        postgres = embedded.start_postgres(_private_dir("pg"))
         server_url, stop = postgres.admin_url, postgres.stop
     name = f"gatehouse_test_{uuid.uuid4().hex[:10]}"
     asyncio.run(_execute(server_url, f'CREATE DATABASE "{name}"'))
@@ -67,14 +74,14 @@ def test_database(work_dir: Path) -> Iterator[Database]:
 
 
 @contextmanager
-def test_redis(work_dir: Path) -> Iterator[str]:
+def test_redis() -> Iterator[str]:
     url = os.environ.get("GATEHOUSE_TEST_REDIS_URL")
     if url:
         yield url
         return
     from gateway import embedded
 
-    redis = embedded.start_redis(work_dir / "embedded")
+    redis = embedded.start_redis(_private_dir("redis"))
     try:
         yield redis.url
     finally:
