@@ -376,3 +376,28 @@ async def test_last_used_is_kept_fresh_and_tool_calls_are_audited(
     assert calls[0]["target"] == "tool:whoami" and calls[0]["outcome"] == "success"
     assert calls[0]["details"]["duration_ms"] > 0
     assert "arguments" not in json.dumps(calls[0])
+
+
+async def test_authentication_failures_are_audited_but_rate_limited(
+    start_gateway: Any, database: Database
+) -> None:
+    flooded = start_gateway(audit_auth_failure_limit="5/minute")
+    conn = await asyncpg.connect(database.admin_url)
+    try:
+        before = await conn.fetchval("SELECT count(*) FROM audit_log WHERE org_id = '_platform'")
+        async with httpx.AsyncClient() as http:
+            for i in range(40):
+                resp = await http.get(
+                    flooded.url + "/v1/sessions", headers={"Authorization": f"Bearer bad{i}"}
+                )
+                assert resp.status_code == 401
+        after = await conn.fetchval("SELECT count(*) FROM audit_log WHERE org_id = '_platform'")
+        row = await conn.fetchrow(
+            "SELECT * FROM audit_log WHERE org_id = '_platform' ORDER BY seq DESC LIMIT 1"
+        )
+    finally:
+        await conn.close()
+    assert 1 <= after - before <= 5
+    assert row is not None
+    assert (row["event"], row["outcome"]) == ("auth.failure", "failure")
+    assert "bad" not in row["details"]  # the presented token is never recorded
