@@ -1,0 +1,93 @@
+"""Every error this package raises, under one root: :class:`PromptError`.
+
+Callers (the gateway) translate these to problem documents at one boundary; nothing here knows
+about HTTP. Foreign errors (Jinja2, ``json``, Python arithmetic) are translated into this
+hierarchy where they are caught, so no Jinja2 exception ever escapes the package.
+
+    PromptError
+    ├── TemplateInvalid          source problem, with line and column (1-based)
+    │   ├── UnsafeTemplate       sandbox escape attempt or refused construct
+    │   └── SectionLocked        a layer touches a section an earlier layer locked
+    ├── RenderLimitExceeded      output cap, render budget, operator or range limit
+    ├── RenderFailed             runtime error in a valid template (e.g. undefined variable)
+    ├── InvalidVariables         variables that are not plain JSON data, or too large
+    └── InvalidLayers            duplicate layer kinds in one composition
+"""
+
+from __future__ import annotations
+
+
+class PromptError(Exception):
+    """Root of every error raised by :mod:`prompts`.
+
+    ``line`` and ``column`` are 1-based positions in the layer source when known. ``layer_id``
+    names the layer the problem came from when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        line: int | None = None,
+        column: int | None = None,
+        layer_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.column = column
+        self.layer_id = layer_id
+
+    def __str__(self) -> str:
+        where = ""
+        if self.line is not None:
+            where = f" (line {self.line}, column {self.column or 1})"
+        if self.layer_id is not None:
+            where = f"{where} in layer {self.layer_id!r}"
+        return f"{self.message}{where}"
+
+
+class TemplateInvalid(PromptError):
+    """The layer source cannot be saved: syntax, size or structure."""
+
+
+class UnsafeTemplate(TemplateInvalid):
+    """The template tried something the sandbox refuses (attribute escape, include, ...)."""
+
+
+class SectionLocked(TemplateInvalid):
+    """A layer appends to or replaces a section that an earlier layer locked."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        section: str,
+        locked_by: str,
+        line: int | None = None,
+        column: int | None = None,
+        layer_id: str | None = None,
+    ) -> None:
+        super().__init__(message, line=line, column=column, layer_id=layer_id)
+        self.section = section
+        self.locked_by = locked_by
+
+
+class RenderLimitExceeded(PromptError):
+    """Rendering stopped at a resource limit; ``limit`` names which one."""
+
+    def __init__(self, message: str, *, limit: str, line: int | None = None) -> None:
+        super().__init__(message, line=line)
+        self.limit = limit
+
+
+class RenderFailed(PromptError):
+    """A syntactically valid template failed while rendering (undefined variable, bad type)."""
+
+
+class InvalidVariables(PromptError):
+    """Template variables must be plain JSON data (str, int, float, bool, None, list, dict)."""
+
+
+class InvalidLayers(PromptError):
+    """The layers passed to one composition are inconsistent (e.g. two of the same kind)."""

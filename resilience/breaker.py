@@ -1,0 +1,278 @@
+"""Circuit breakers for asyncio whose state every replica shares through Redis.
+
+A breaker is *closed* (calls pass), *open* (calls fail fast with :class:`CircuitOpen`) or
+*half-open* (at most ``half_open_max_calls`` trial calls pass). It opens when
+``failure_threshold`` failures happen within ``window_seconds`` of the first of them; after
+``reset_timeout`` it turns half-open; one failed trial re-opens it, and ``half_open_max_calls``
+successful trials close it. Exceptions for which ``is_failure`` is false (business errors: the
+dependency answered) never count as failures. Cancellation counts as nothing.
+
+Every transition is one Lua script run on one Redis hash per breaker, so replicas racing for the
+last trial slot, or recording failures at once, cannot interleave. The call itself runs outside
+Redis and outside any lock: a breaker never serialises calls. Each outcome carries the
+*generation* it was admitted in; outcomes from an older generation (a slow call admitted before
+the breaker opened, or a trial from an abandoned round) are ignored. A half-open round whose
+slots are all taken but which has not concluded within ``reset_timeout`` (its trials hung or
+their process died) is abandoned and a new round starts.
+
+Time: by default Redis's own clock (``TIME``) decides, so replicas' clock skew does not matter.
+Tests pass ``clock``; its value is then sent with every script run. Key TTLs only collect idle
+breakers (a day at least) and never drive a transition.
+
+Redis unreachable: each call waits at most the client's timeouts (0.5 s with
+:func:`resilience.redis.create_redis`, capped here at ``REDIS_DEADLINE``), then the breaker
+falls back to a local in-process breaker with the same rules, and skips Redis for
+``REDIS_RETRY_SECONDS`` before trying it again. Outcomes of calls admitted by Redis that cannot
+be recorded are dropped. Recovery is automatic; the shared state resumes where Redis kept it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import quote
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from resilience.errors import CircuitOpen
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Seconds.
+REDIS_DEADLINE = 1.0
+REDIS_RETRY_SECONDS = 1.0
+MIN_KEY_TTL = 86_400
+
+# KEYS[1]: the breaker's hash. ARGV: op (admit | success | failure | state), now ("" = Redis
+# TIME), generation, failure_threshold, window_seconds, reset_timeout, half_open_max_calls, ttl.
+# Hash fields: state, gen, since (closed: first failure of the window; open: opened at;
+# half_open: round start), failures (closed), trials (half_open slots taken), passed (successes).
+# Returns {admitted 0|1, gen, state, seconds until a retry can pass (string)}.
+TRANSITION_LUA = """
+local key, op, gen_arg = KEYS[1], ARGV[1], tonumber(ARGV[3])
+local now = tonumber(ARGV[2])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local threshold, window, reset = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local max_trials, ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
+local h = redis.call('HMGET', key, 'state', 'gen', 'since', 'failures', 'trials', 'passed')
+local state, gen = h[1] or 'closed', tonumber(h[2]) or 0
+local since, failures = tonumber(h[3]) or now, tonumber(h[4]) or 0
+local trials, passed = tonumber(h[5]) or 0, tonumber(h[6]) or 0
+
+local function enter(new_state)
+  state, gen, since, failures, trials, passed = new_state, gen + 1, now, 0, 0, 0
+end
+
+if state ~= 'closed' and now >= since + reset and (state == 'open' or trials >= max_trials) then
+  enter('half_open')
+end
+local admitted = 0
+if op == 'admit' then
+  if state == 'closed' then
+    admitted = 1
+  elseif state == 'half_open' and trials < max_trials then
+    admitted, trials = 1, trials + 1
+  end
+elseif gen_arg == gen and state == 'half_open' then
+  if op == 'failure' then
+    enter('open')
+  elseif op == 'success' then
+    passed = passed + 1
+    if passed >= max_trials then enter('closed') end
+  end
+elseif gen_arg == gen and state == 'closed' and op == 'failure' then
+  if failures == 0 or now >= since + window then since, failures = now, 0 end
+  failures = failures + 1
+  if failures >= threshold then enter('open') end
+end
+redis.call('HSET', key, 'state', state, 'gen', gen, 'since', since, 'failures', failures,
+           'trials', trials, 'passed', passed)
+redis.call('EXPIRE', key, ttl)
+local wait = 0
+if state ~= 'closed' then wait = math.max(0, since + reset - now) end
+return {admitted, gen, state, tostring(wait)}
+"""
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True)
+class _Rules:
+    failure_threshold: int
+    window_seconds: float
+    reset_timeout: float
+    half_open_max_calls: int
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """One script result; for an admission, the ticket its outcome is recorded against."""
+
+    admitted: bool
+    generation: int
+    state: BreakerState
+    retry_after: float
+    local: bool = False
+
+
+@dataclass
+class _LocalBreaker:
+    """The Lua script's state machine for one process, used while Redis is unreachable."""
+
+    rules: _Rules
+    state: BreakerState = BreakerState.CLOSED
+    gen: int = 0
+    since: float = 0.0
+    failures: int = 0
+    trials: int = 0
+    passed: int = 0
+
+    def _enter(self, state: BreakerState, now: float) -> None:
+        self.state, self.gen, self.since = state, self.gen + 1, now
+        self.failures = self.trials = self.passed = 0
+
+    def apply(self, op: str, generation: int, now: float) -> _Reply:
+        r, admitted = self.rules, False
+        stale = self.state is BreakerState.OPEN or self.trials >= r.half_open_max_calls
+        if self.state is not BreakerState.CLOSED and now >= self.since + r.reset_timeout and stale:
+            self._enter(BreakerState.HALF_OPEN, now)
+        if op == "admit":
+            if self.state is BreakerState.CLOSED:
+                admitted = True
+            elif self.state is BreakerState.HALF_OPEN and self.trials < r.half_open_max_calls:
+                admitted, self.trials = True, self.trials + 1
+        elif generation == self.gen and self.state is BreakerState.HALF_OPEN:
+            if op == "failure":
+                self._enter(BreakerState.OPEN, now)
+            elif op == "success":
+                self.passed += 1
+                if self.passed >= r.half_open_max_calls:
+                    self._enter(BreakerState.CLOSED, now)
+        elif generation == self.gen and self.state is BreakerState.CLOSED and op == "failure":
+            if self.failures == 0 or now >= self.since + r.window_seconds:
+                self.since, self.failures = now, 0
+            self.failures += 1
+            if self.failures >= r.failure_threshold:
+                self._enter(BreakerState.OPEN, now)
+        wait = 0.0
+        if self.state is not BreakerState.CLOSED:
+            wait = max(0.0, self.since + r.reset_timeout - now)
+        return _Reply(admitted, self.gen, self.state, wait, local=True)
+
+
+def _every_exception(exc: BaseException) -> bool:
+    return True
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class CircuitBreaker:
+    """A named breaker, e.g. one per provider; every replica using the same name shares it."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        name: str,
+        *,
+        failure_threshold: int = 5,
+        window_seconds: float = 30.0,
+        reset_timeout: float = 30.0,
+        half_open_max_calls: int = 1,
+        is_failure: Callable[[Exception], bool] = _every_exception,
+        clock: Callable[[], float] | None = None,
+        namespace: str = "gatehouse:breaker",
+    ) -> None:
+        if failure_threshold < 1 or half_open_max_calls < 1:
+            raise ValueError("failure_threshold and half_open_max_calls must be at least 1")
+        if window_seconds <= 0 or reset_timeout <= 0:
+            raise ValueError("window_seconds and reset_timeout must be positive")
+        self.name = name
+        self._rules = _Rules(failure_threshold, window_seconds, reset_timeout, half_open_max_calls)
+        self._is_failure = is_failure
+        self._clock = clock
+        # Percent-encoding leaves no ":" in the name part, so no two names share a key.
+        self._key = f"{namespace}:{quote(name, safe='')}"
+        self._ttl = max(MIN_KEY_TTL, math.ceil(10 * (window_seconds + reset_timeout)))
+        self._script = redis.register_script(TRANSITION_LUA)
+        self._local = _LocalBreaker(self._rules)
+        self._skip_redis_until = 0.0
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Await ``fn()`` if the breaker admits it; otherwise raise :class:`CircuitOpen`."""
+        async with self.guard():
+            return await fn()
+
+    @asynccontextmanager
+    async def guard(self) -> AsyncIterator[None]:
+        """``async with breaker.guard(): ...`` — the body is the guarded call."""
+        ticket = await self._apply("admit")
+        if not ticket.admitted:
+            raise CircuitOpen(self.name, ticket.retry_after)
+        try:
+            yield
+        except Exception as exc:
+            if self._is_failure(exc):
+                await self._record(ticket, "failure")
+            elif ticket.state is not BreakerState.CLOSED:
+                await self._record(ticket, "success")
+            raise
+        if ticket.state is not BreakerState.CLOSED:  # a closed breaker ignores successes
+            await self._record(ticket, "success")
+
+    async def state(self) -> BreakerState:
+        """The current state (an open breaker past ``reset_timeout`` reports half-open)."""
+        return (await self._apply("state")).state
+
+    async def _apply(self, op: str) -> _Reply:
+        if time.monotonic() >= self._skip_redis_until:
+            try:
+                return await self._shared(op, -1)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._redis_failed(exc)
+        return self._local.apply(op, -1, self._now())
+
+    async def _record(self, ticket: _Reply, op: str) -> None:
+        if ticket.local:
+            self._local.apply(op, ticket.generation, self._now())
+            return
+        try:
+            await self._shared(op, ticket.generation)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._redis_failed(exc)
+
+    async def _shared(self, op: str, generation: int) -> _Reply:
+        r = self._rules
+        now = "" if self._clock is None else repr(self._clock())
+        args: list[str | int | float] = [
+            op, now, generation, r.failure_threshold, r.window_seconds, r.reset_timeout,
+            r.half_open_max_calls, self._ttl]
+        async with asyncio.timeout(REDIS_DEADLINE):
+            admitted, gen, state, wait = await self._script(keys=[self._key], args=args)
+        return _Reply(bool(admitted), int(gen), BreakerState(_text(state)), float(_text(wait)))
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        self._skip_redis_until = time.monotonic() + REDIS_RETRY_SECONDS
+        log.warning("breaker %r: Redis unavailable (%s); using the local breaker",
+                    self.name, type(exc).__name__)
+
+    def _now(self) -> float:
+        return time.time() if self._clock is None else self._clock()
