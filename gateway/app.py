@@ -20,6 +20,7 @@ from gateway import routes
 from gateway.activity import SessionActivity
 from gateway.api import audit as audit_api
 from gateway.api import members, openapi, sessions
+from gateway.api import prompts as prompts_api
 from gateway.api.endpoints import Endpoint
 from gateway.audit import AuditTrail
 from gateway.auth import AuthenticationMiddleware
@@ -37,10 +38,13 @@ from gateway.settings import GatewaySettings
 from gateway.tokens import TokenVerifier
 from oauth.assertion import AssertionSigner
 from oauth.keys import load_private_key
+from prompts import PromptComposer
 from resilience import FailurePolicy, RateLimiter, create_redis
 from sql import create_pool, verify_app_role
 
-API: list[Endpoint] = [*sessions.ENDPOINTS, *members.ENDPOINTS, *audit_api.ENDPOINTS]
+API: list[Endpoint] = [
+    *sessions.ENDPOINTS, *prompts_api.ENDPOINTS, *members.ENDPOINTS, *audit_api.ENDPOINTS,
+]
 
 
 @asynccontextmanager
@@ -106,6 +110,7 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
                             namespace="gatehouse-audit"),
             ),
             activity=SessionActivity(pool),
+            composer=PromptComposer(),
         )
     finally:
         await http.close()

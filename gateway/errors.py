@@ -24,6 +24,10 @@ class GatewayError(Exception):
         self.detail = detail
         self.headers = headers or {}
 
+    def extensions(self) -> dict[str, object]:
+        """Extra members of the problem document (RFC 9457 extensions)."""
+        return {}
+
 
 class BadRequest(GatewayError):
     status = 400

@@ -22,9 +22,17 @@ from gateway.audit import AuditEntry
 from gateway.auth import principal_of
 from gateway.errors import BadRequest, UpstreamUnavailable
 from gateway.jsonrpc import RpcError, RpcMessage, parse_message
+from gateway.mcp_prompts import (
+    REWRITTEN_METHODS,
+    SYSTEM_PROMPT,
+    rewrite_answer,
+    system_prompt_answer,
+)
 from gateway.permissions import require
+from gateway.prompting import compose_for
 from gateway.services import Services, services_of
 from oauth.assertion import CallerIdentity
+from sql import rls_transaction
 
 REQUEST_HEADERS = frozenset({
     b"accept", b"content-type", b"mcp-protocol-version", b"mcp-session-id", b"mcp-method",
@@ -56,11 +64,15 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _content_type(scope: Scope) -> str:
+def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
-        if key == b"content-type":
-            return str(value.decode("latin-1").split(";")[0].strip().lower())
-    return ""
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _content_type(scope: Scope) -> str:
+    return (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
 
 
 class McpForwarder:
@@ -89,10 +101,42 @@ class McpForwarder:
             self._authorize(scope, message)
             services.metrics.mcp_method(message.method or "response")
         session = await self._session(services, scope)
+        if session is not None and message is not None and await self._deliver_prompt(
+            services, scope, body, receive, send, session, message
+        ):
+            return
         started = time.perf_counter()
         succeeded = await self._forward(services, scope, body, send, session)
         if message is not None and message.method == "tools/call":
             self._audit_tool_call(services, scope, message, session, succeeded, started)
+
+    async def _deliver_prompt(
+        self, services: Services, scope: Scope, body: bytes, receive: Receive, send: Send,
+        session: Record, message: RpcMessage,
+    ) -> bool:
+        """Answer or rewrite the exchanges that carry the session's system prompt; whether it
+        did (see :mod:`gateway.mcp_prompts`)."""
+        wants_prompt = message.method == "prompts/get" and message.name == SYSTEM_PROMPT
+        if not wants_prompt and message.method not in REWRITTEN_METHODS:
+            return False
+        principal = principal_of(scope)
+        async with rls_transaction(services.pool, principal) as conn:
+            prompt = await compose_for(conn, services.composer, principal, session)
+        if wants_prompt:
+            protocol = _header(scope, b"mcp-protocol-version")
+            answer = system_prompt_answer(message.id, prompt.text, protocol)
+            await Response(answer, media_type="application/json")(scope, receive, send)
+            return True
+        upstream = await self._open(services, scope, body, session)
+        async with upstream:
+            raw = await upstream.read()
+            content_type = upstream.headers.get("content-type", "")
+            rewritten = rewrite_answer(raw, content_type, message.method or "", message.id,
+                                       prompt.text)
+            headers = {k: v for k, v in upstream.headers.items()
+                       if k.lower() in RESPONSE_HEADERS and k.lower() != "content-length"}
+            await Response(rewritten, upstream.status, headers)(scope, receive, send)
+        return True
 
     def _audit_tool_call(
         self, services: Services, scope: Scope, message: RpcMessage, session: Record | None,
@@ -107,7 +151,7 @@ class McpForwarder:
             details["session_id"] = str(session["id"])
         services.audit.enqueue(AuditEntry(
             principal.org_id, principal.user_id, "tool.call",
-            "success" if succeeded else "failure", target=f"tool:{message.tool or ''}",
+            "success" if succeeded else "failure", target=f"tool:{message.name or ''}",
             details=details, request_id=scope["state"]["request_id"],
         ))
 
@@ -155,8 +199,25 @@ class McpForwarder:
         self, services: Services, scope: Scope, body: bytes, send: Send, session: Record | None
     ) -> bool:
         """Relay the exchange; whether it succeeded (2xx, and no error in what was relayed)."""
+        upstream = await self._open(services, scope, body, session)
+        async with upstream:
+            await send({
+                "type": "http.response.start",
+                "status": upstream.status,
+                "headers": [
+                    (k.lower().encode("latin-1"), v.encode("latin-1"))
+                    for k, v in upstream.headers.items()
+                    if k.lower() in RESPONSE_HEADERS
+                ],
+            })
+            clean = await self._stream(services, upstream, send)
+        return clean and 200 <= upstream.status < 300
+
+    async def _open(
+        self, services: Services, scope: Scope, body: bytes, session: Record | None
+    ) -> aiohttp.ClientResponse:
         try:
-            upstream = await services.http.request(
+            return await services.http.request(
                 scope["method"],
                 services.settings.mcp_server_url,
                 data=body or None,
@@ -171,18 +232,6 @@ class McpForwarder:
             raise UpstreamUnavailable(
                 "the MCP server did not answer in time", status=504, code="upstream_timeout"
             ) from exc
-        async with upstream:
-            await send({
-                "type": "http.response.start",
-                "status": upstream.status,
-                "headers": [
-                    (k.lower().encode("latin-1"), v.encode("latin-1"))
-                    for k, v in upstream.headers.items()
-                    if k.lower() in RESPONSE_HEADERS
-                ],
-            })
-            clean = await self._stream(services, upstream, send)
-        return clean and 200 <= upstream.status < 300
 
     async def _stream(
         self, services: Services, upstream: aiohttp.ClientResponse, send: Send

@@ -14,7 +14,7 @@ INVALID_REQUEST = -32600
 class RpcMessage:
     method: str | None  # None for a client's response to a server request
     id: Any
-    tool: str | None
+    name: str | None  # the tool of tools/call, the prompt of prompts/get
 
 
 class RpcError(Exception):
@@ -54,5 +54,5 @@ def parse_message(body: bytes) -> RpcMessage:
     params = message.get("params")
     if params is not None and not isinstance(params, dict):
         raise RpcError(INVALID_REQUEST, "Invalid Request: params must be an object", request_id)
-    tool = params.get("name") if method == "tools/call" and params else None
-    return RpcMessage(method, request_id, tool if isinstance(tool, str) else None)
+    name = params.get("name") if method in ("tools/call", "prompts/get") and params else None
+    return RpcMessage(method, request_id, name if isinstance(name, str) else None)

@@ -14,8 +14,8 @@ from gateway.principal import Principal
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "owner": frozenset({"*"}),
     "admin": frozenset({"sessions:*", "prompts:*", "audit:read", "tools:*", "members:*"}),
-    "member": frozenset({"sessions:read", "sessions:write", "prompts:read", "tools:*",
-                         "members:read"}),
+    "member": frozenset({"sessions:read", "sessions:write", "prompts:read", "prompts:own",
+                         "tools:*", "members:read"}),
     "viewer": frozenset({"sessions:read", "prompts:read", "tools:list", "members:read"}),
 }
 

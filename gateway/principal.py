@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import Unauthenticated
@@ -13,13 +13,15 @@ _MAX_ID = 255
 _MAX_ROLES = 32
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Principal:
     org_id: str
     user_id: str
     roles: tuple[str, ...]
     scopes: frozenset[str]
     platform_admin: bool = False
+    # Display attributes from the token, offered to prompt templates as data.
+    profile: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class ClaimMapping:
             roles=_roles(_lookup(claims, self.roles), self.default_roles),
             scopes=_scopes(claims.get("scope")),
             platform_admin=_lookup(claims, self.platform_admin) is True,
+            profile=_profile(claims),
         )
 
 
@@ -72,6 +75,17 @@ def _roles(value: Any, default: Sequence[str]) -> tuple[str, ...]:
             raise Unauthenticated("token's roles claim is malformed")
         roles.append(role)
     return tuple(sorted(set(roles)))
+
+
+_PROFILE_CLAIMS = ("name", "email", "preferred_username", "locale", "zoneinfo")
+
+
+def _profile(claims: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        name: value
+        for name in _PROFILE_CLAIMS
+        if isinstance(value := claims.get(name), str) and len(value) <= 256
+    }
 
 
 def _scopes(value: Any) -> frozenset[str]:

@@ -8,6 +8,7 @@ import asyncpg
 from starlette.responses import JSONResponse
 
 from gateway.errors import BadRequest, GatewayError, UpstreamUnavailable
+from prompts import PromptError
 from resilience import LimiterUnavailable
 from sql import DatabaseUnavailable
 
@@ -21,6 +22,9 @@ _SQLSTATES: dict[str, tuple[int, str, str]] = {
     "23503": (409, "conflict", "a referenced resource does not exist"),
     "23514": (422, "validation_failed", "a value is outside what is allowed"),
     "22001": (422, "validation_failed", "a value is too long"),
+    "22003": (422, "validation_failed", "a number is out of range"),
+    "22021": (422, "validation_failed", "a value contains a character that cannot be stored"),
+    "22P05": (422, "validation_failed", "a value contains a character that cannot be stored"),
     "54000": (422, "validation_failed", "a value is too large"),
     "42501": (404, "not_found", "no such resource"),
     "40001": (503, "retry", "a concurrent change conflicted; retry"),
@@ -49,6 +53,9 @@ def translate(exc: Exception) -> GatewayError | None:
         return exc
     if isinstance(exc, asyncpg.PostgresError):
         return _from_sqlstate(exc)
+    if isinstance(exc, PromptError):
+        return BadRequest(f"the saved prompt layers cannot be composed: {exc}", status=409,
+                          code="prompt_not_composable")
     if isinstance(exc, DatabaseUnavailable):
         return UpstreamUnavailable(
             "the database is unavailable", status=503, code="database_unavailable", retry_after=2
@@ -85,7 +92,8 @@ def problem_response(
 
 def error_response(error: GatewayError, **extensions: Any) -> JSONResponse:
     return problem_response(
-        error.status, error.code, error.title, error.detail, headers=error.headers, **extensions
+        error.status, error.code, error.title, error.detail, headers=error.headers,
+        **error.extensions(), **extensions,
     )
 
 

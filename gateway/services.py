@@ -20,6 +20,7 @@ from gateway.provisioning import Provisioner
 from gateway.settings import GatewaySettings
 from gateway.tokens import TokenVerifier
 from oauth.assertion import AssertionSigner
+from prompts import PromptComposer
 from resilience import RateLimiter
 
 
@@ -38,6 +39,7 @@ class Services:
     metrics: Metrics
     audit: AuditTrail
     activity: SessionActivity
+    composer: PromptComposer
 
 
 def services_of(scope: MutableMapping[str, Any]) -> Services:

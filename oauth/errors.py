@@ -1,7 +1,18 @@
 """Errors of the ``oauth`` package.
 
     OAuthError
-    └── AssertionRejected   an internal assertion failed verification (reason in the message)
+    ├── AssertionRejected     an internal assertion failed verification (reason in the message)
+    ├── KeyringError          the token keyring's configuration is malformed
+    ├── VaultError            a stored token cannot be sealed or opened
+    │   ├── UnknownKeyId      the row names a key id the keyring does not hold
+    │   └── DecryptionFailed  authentication failed: wrong row, wrong key, or tampering
+    ├── NotConnected          the user has no connection to the provider
+    ├── NeedsReconnect        the provider refused the refresh token; the user must reconnect
+    ├── TokenEndpointError    the provider's token endpoint answered an OAuth error
+    └── RefreshFailed         a refresh could not be completed now (provider or lock store down)
+        └── RefreshTimedOut   another replica's refresh did not finish within the wait budget
+
+No message ever contains a token, a key or a decrypted payload.
 """
 
 
@@ -11,3 +22,59 @@ class OAuthError(Exception):
 
 class AssertionRejected(OAuthError):
     """An internal assertion is missing, malformed, forged, expired or meant for someone else."""
+
+
+class KeyringError(OAuthError):
+    """The keyring configuration is malformed (the message names the entry, never its key)."""
+
+
+class VaultError(OAuthError):
+    """A token bundle could not be encrypted or decrypted."""
+
+
+class UnknownKeyId(VaultError):
+    """A stored ciphertext names a key id that is not in the keyring (removed too early?)."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"key id {key_id!r} is not in the token keyring")
+        self.key_id = key_id
+
+
+class DecryptionFailed(VaultError):
+    """The ciphertext does not authenticate for this row and key: it was moved from another
+    organisation's, user's or provider's row, or altered."""
+
+
+class NotConnected(OAuthError):
+    """There is no stored connection for this (organisation, user, provider)."""
+
+    def __init__(self, provider: str) -> None:
+        super().__init__(f"not connected to provider {provider!r}")
+        self.provider = provider
+
+
+class NeedsReconnect(OAuthError):
+    """The provider refused the stored refresh token (``invalid_grant``) or there is none; the
+    user must connect again. Never retried automatically."""
+
+    def __init__(self, provider: str) -> None:
+        super().__init__(f"the connection to provider {provider!r} must be re-established")
+        self.provider = provider
+
+
+class TokenEndpointError(OAuthError):
+    """The token endpoint answered an RFC 6749 §5.2 error; ``error`` is its code."""
+
+    def __init__(self, error: str, status: int | None = None) -> None:
+        suffix = f" (HTTP {status})" if status else ""
+        super().__init__(f"token endpoint error {error[:64]!r}{suffix}")
+        self.error = error
+        self.status = status
+
+
+class RefreshFailed(OAuthError):
+    """The token could not be refreshed now; the stored connection is unchanged. Retry later."""
+
+
+class RefreshTimedOut(RefreshFailed):
+    """Waiting for another caller's refresh exceeded the wait budget."""

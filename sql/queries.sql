@@ -31,8 +31,9 @@ SELECT count(*) FILTER (WHERE user_id = $2) AS user_active, count(*) AS org_acti
 FROM sessions WHERE org_id = $1 AND status = 'active' AND expires_at > now();
 
 -- name: insert_session
-INSERT INTO sessions (org_id, user_id, name, allowed_tools, variables, metadata, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+INSERT INTO sessions (org_id, user_id, name, allowed_tools, variables, metadata, expires_at,
+                      prompt)
+VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8)
 RETURNING *;
 
 -- name: get_session
@@ -53,13 +54,15 @@ ORDER BY created_at DESC, id DESC
 LIMIT $2;
 
 -- name: update_session
--- NULL leaves a field as it is; $8 replaces allowed_tools when $7 is true.
+-- NULL leaves a field as it is; $8 replaces allowed_tools when $7 is true, $10 the prompt
+-- when $9 is.
 UPDATE sessions SET
     name = coalesce($3, name),
     variables = coalesce($4, variables),
     metadata = coalesce($5, metadata),
     expires_at = coalesce(now() + make_interval(secs => $6), expires_at),
-    allowed_tools = CASE WHEN $7 THEN $8 ELSE allowed_tools END
+    allowed_tools = CASE WHEN $7 THEN $8 ELSE allowed_tools END,
+    prompt = CASE WHEN $9 THEN $10 ELSE prompt END
 WHERE org_id = $1 AND id = $2 AND status = 'active' AND expires_at > now()
 RETURNING *;
 
@@ -122,3 +125,88 @@ ON CONFLICT (org_id, user_id, role) DO NOTHING;
 
 -- name: owner_count
 SELECT count(*) FROM memberships WHERE org_id = $1 AND role = 'owner';
+
+-- name: upsert_connection
+-- A (re)connect: new tokens, clears needs_reconnect, bumps version.
+INSERT INTO provider_connections
+    (org_id, user_id, provider, account, scopes, key_id, nonce, ciphertext, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (org_id, user_id, provider) DO UPDATE SET
+    account = EXCLUDED.account, scopes = EXCLUDED.scopes, key_id = EXCLUDED.key_id,
+    nonce = EXCLUDED.nonce, ciphertext = EXCLUDED.ciphertext, expires_at = EXCLUDED.expires_at,
+    needs_reconnect = false, version = provider_connections.version + 1, updated_at = now()
+RETURNING version;
+
+-- name: get_connection
+SELECT org_id, user_id, provider, account, scopes, key_id, nonce, ciphertext, expires_at,
+       needs_reconnect, version, created_at, updated_at
+FROM provider_connections WHERE org_id = $1 AND user_id = $2 AND provider = $3;
+
+-- name: replace_connection_tokens
+-- A refresh: only if nobody wrote newer tokens since version $4 was read (never resurrects a
+-- deleted connection).
+UPDATE provider_connections SET
+    scopes = $5, key_id = $6, nonce = $7, ciphertext = $8, expires_at = $9,
+    version = version + 1, updated_at = now()
+WHERE org_id = $1 AND user_id = $2 AND provider = $3 AND version = $4
+  AND NOT needs_reconnect
+RETURNING version;
+
+-- name: mark_connection_needs_reconnect
+-- $4: the version whose refresh token was refused (NULL: whatever is stored).
+UPDATE provider_connections SET needs_reconnect = true, updated_at = now()
+WHERE org_id = $1 AND user_id = $2 AND provider = $3 AND ($4::bigint IS NULL OR version = $4)
+RETURNING version;
+
+-- name: delete_connection
+DELETE FROM provider_connections WHERE org_id = $1 AND user_id = $2 AND provider = $3
+RETURNING version;
+
+-- name: count_connections_to_rotate
+-- Rotation runs as a role that bypasses row-level security (it must see every organisation).
+SELECT count(*) FROM provider_connections WHERE key_id <> $1;
+
+-- name: list_connections_to_rotate
+-- Keyset pagination over the primary key: ($2, $3, $4) is the last row of the previous batch
+-- (NULLs for the first batch); $5 the batch size.
+SELECT org_id, user_id, provider, key_id, nonce, ciphertext FROM provider_connections
+WHERE key_id <> $1
+  AND ($2::text IS NULL OR (org_id, user_id, provider) > ($2, $3::text, $4::text))
+ORDER BY org_id, user_id, provider
+LIMIT $5;
+
+-- name: rotate_connection_key
+-- Only if the row still holds exactly the ciphertext that was re-encrypted (same key id and
+-- nonce): a concurrent refresh or an earlier run wins, so rotation is resumable and idempotent.
+UPDATE provider_connections SET key_id = $6, nonce = $7, ciphertext = $8
+WHERE org_id = $1 AND user_id = $2 AND provider = $3 AND key_id = $4 AND nonce = $5
+RETURNING true;
+
+-- name: current_prompt_layers
+-- The newest version of the global, organisation and user layers that apply to a user.
+SELECT DISTINCT ON (kind) kind, org_id, owner_id, version, source
+FROM prompt_layers
+WHERE (org_id = '_platform' AND kind = 'global' AND owner_id = '')
+   OR (org_id = $1 AND kind = 'organization' AND owner_id = '')
+   OR (org_id = $1 AND kind = 'user' AND owner_id = $2)
+ORDER BY kind, version DESC;
+
+-- name: lock_prompt_layer
+SELECT pg_advisory_xact_lock(hashtextextended('gatehouse.prompt:' || $1 || '/' || $2 || '/' || $3, 0));
+
+-- name: insert_prompt_version
+INSERT INTO prompt_layers (org_id, kind, owner_id, version, source, note, author)
+SELECT $1, $2, $3, coalesce(max(version), 0) + 1, $4, $5, $6
+FROM prompt_layers WHERE org_id = $1 AND kind = $2 AND owner_id = $3
+RETURNING version, source, note, author, created_at;
+
+-- name: get_prompt_version
+-- $4: the version, or NULL for the newest.
+SELECT version, source, note, author, created_at FROM prompt_layers
+WHERE org_id = $1 AND kind = $2 AND owner_id = $3 AND ($4::integer IS NULL OR version = $4)
+ORDER BY version DESC LIMIT 1;
+
+-- name: list_prompt_versions
+SELECT version, note, author, created_at, length(source) AS size FROM prompt_layers
+WHERE org_id = $1 AND kind = $2 AND owner_id = $3
+ORDER BY version DESC LIMIT $4;

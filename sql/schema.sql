@@ -4,6 +4,8 @@ audit_log rls=true force=true
 gatehouse_migrations rls=false force=false
 memberships rls=true force=true
 organizations rls=true force=true
+prompt_layers rls=true force=true
+provider_connections rls=true force=true
 sessions rls=true force=true
 users rls=true force=true
 -- columns
@@ -28,6 +30,27 @@ memberships.role text not null
 memberships.user_id text not null
 organizations.created_at timestamp with time zone not null default now()
 organizations.id text not null
+prompt_layers.author text not null
+prompt_layers.created_at timestamp with time zone not null default now()
+prompt_layers.kind text not null
+prompt_layers.note text not null default ''::text
+prompt_layers.org_id text not null
+prompt_layers.owner_id text not null default ''::text
+prompt_layers.source text not null
+prompt_layers.version integer not null
+provider_connections.account text not null default ''::text
+provider_connections.ciphertext bytea not null
+provider_connections.created_at timestamp with time zone not null default now()
+provider_connections.expires_at timestamp with time zone
+provider_connections.key_id text not null
+provider_connections.needs_reconnect boolean not null default false
+provider_connections.nonce bytea not null
+provider_connections.org_id text not null
+provider_connections.provider text not null
+provider_connections.scopes ARRAY not null default '{}'::text[]
+provider_connections.updated_at timestamp with time zone not null default now()
+provider_connections.user_id text not null
+provider_connections.version bigint not null default 1
 sessions.allowed_tools ARRAY
 sessions.closed_at timestamp with time zone
 sessions.created_at timestamp with time zone not null default now()
@@ -37,6 +60,7 @@ sessions.last_used_at timestamp with time zone not null default now()
 sessions.metadata jsonb not null default '{}'::jsonb
 sessions.name text not null default ''::text
 sessions.org_id text not null
+sessions.prompt text
 sessions.status text not null default 'active'::text
 sessions.user_id text not null
 sessions.variables jsonb not null default '{}'::jsonb
@@ -57,12 +81,32 @@ memberships memberships_role_check CHECK (((role <> ''::text) AND (length(role) 
 memberships memberships_user_id_check CHECK ((user_id <> ''::text))
 organizations organizations_id_check CHECK (((id <> ''::text) AND (length(id) <= 255)))
 organizations organizations_pkey PRIMARY KEY (id)
+prompt_layers prompt_layers_author_check CHECK ((author <> ''::text))
+prompt_layers prompt_layers_check CHECK (((kind = 'user'::text) = (owner_id <> ''::text)))
+prompt_layers prompt_layers_check1 CHECK (((kind = 'global'::text) = (org_id = '_platform'::text)))
+prompt_layers prompt_layers_kind_check CHECK ((kind = ANY (ARRAY['global'::text, 'organization'::text, 'user'::text])))
+prompt_layers prompt_layers_note_check CHECK ((length(note) <= 500))
+prompt_layers prompt_layers_org_id_check CHECK ((org_id <> ''::text))
+prompt_layers prompt_layers_pkey PRIMARY KEY (org_id, kind, owner_id, version)
+prompt_layers prompt_layers_source_check CHECK ((length(source) <= 32768))
+prompt_layers prompt_layers_version_check CHECK ((version > 0))
+provider_connections provider_connections_account_check CHECK ((length(account) <= 320))
+provider_connections provider_connections_ciphertext_check CHECK (((octet_length(ciphertext) >= 17) AND (octet_length(ciphertext) <= 65536)))
+provider_connections provider_connections_key_id_check CHECK ((key_id ~ '^[A-Za-z0-9_.-]{1,32}$'::text))
+provider_connections provider_connections_nonce_check CHECK ((octet_length(nonce) = 12))
+provider_connections provider_connections_org_id_check CHECK ((org_id <> ''::text))
+provider_connections provider_connections_org_id_user_id_fkey FOREIGN KEY (org_id, user_id) REFERENCES users(org_id, id) ON DELETE CASCADE
+provider_connections provider_connections_pkey PRIMARY KEY (org_id, user_id, provider)
+provider_connections provider_connections_provider_check CHECK (((provider <> ''::text) AND (length(provider) <= 64)))
+provider_connections provider_connections_scopes_check CHECK ((cardinality(scopes) <= 200))
+provider_connections provider_connections_user_id_check CHECK ((user_id <> ''::text))
 sessions sessions_allowed_tools_check CHECK ((cardinality(allowed_tools) <= 200))
 sessions sessions_metadata_check CHECK (((jsonb_typeof(metadata) = 'object'::text) AND (pg_column_size(metadata) <= 16384)))
 sessions sessions_name_check CHECK ((length(name) <= 200))
 sessions sessions_org_id_check CHECK ((org_id <> ''::text))
 sessions sessions_org_id_user_id_fkey FOREIGN KEY (org_id, user_id) REFERENCES users(org_id, id) ON DELETE CASCADE
 sessions sessions_pkey PRIMARY KEY (id)
+sessions sessions_prompt_check CHECK ((length(prompt) <= 32768))
 sessions sessions_status_check CHECK ((status = ANY (ARRAY['active'::text, 'closed'::text])))
 sessions sessions_user_id_check CHECK ((user_id <> ''::text))
 sessions sessions_variables_check CHECK (((jsonb_typeof(variables) = 'object'::text) AND (pg_column_size(variables) <= 65536)))
@@ -73,6 +117,7 @@ users users_pkey PRIMARY KEY (org_id, id)
 -- indexes
 CREATE INDEX audit_log_org_time_idx ON public.audit_log USING btree (org_id, occurred_at DESC, seq DESC)
 CREATE INDEX memberships_org_role_idx ON public.memberships USING btree (org_id, role)
+CREATE INDEX provider_connections_key_idx ON public.provider_connections USING btree (key_id)
 CREATE INDEX sessions_active_idx ON public.sessions USING btree (org_id, user_id) WHERE (status = 'active'::text)
 CREATE INDEX sessions_org_created_idx ON public.sessions USING btree (org_id, created_at DESC, id DESC)
 CREATE INDEX sessions_org_user_created_idx ON public.sessions USING btree (org_id, user_id, created_at DESC, id DESC)
@@ -80,17 +125,24 @@ CREATE UNIQUE INDEX audit_log_pkey ON public.audit_log USING btree (org_id, seq)
 CREATE UNIQUE INDEX gatehouse_migrations_pkey ON public.gatehouse_migrations USING btree (version)
 CREATE UNIQUE INDEX memberships_pkey ON public.memberships USING btree (org_id, user_id, role)
 CREATE UNIQUE INDEX organizations_pkey ON public.organizations USING btree (id)
+CREATE UNIQUE INDEX prompt_layers_pkey ON public.prompt_layers USING btree (org_id, kind, owner_id, version)
+CREATE UNIQUE INDEX provider_connections_pkey ON public.provider_connections USING btree (org_id, user_id, provider)
 CREATE UNIQUE INDEX sessions_pkey ON public.sessions USING btree (id)
 CREATE UNIQUE INDEX users_pkey ON public.users USING btree (org_id, id)
 -- policies
 audit_log audit_log_tenant ALL using (org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) check (org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif"))
 memberships memberships_tenant ALL using (org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) check (org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif"))
 organizations organizations_tenant ALL using (id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) check (id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif"))
+prompt_layers prompt_layers_read SELECT using (((org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) OR (org_id = '_platform'::text)) AND ((kind <> 'user'::text) OR (owner_id = ( SELECT NULLIF(current_setting('app.user_id'::text, true), ''::text) AS "nullif")) OR (( SELECT current_setting('app.org_wide'::text, true) AS current_setting) = 'on'::text))) check -
+prompt_layers prompt_layers_write INSERT using - check ((org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) AND ((kind <> 'user'::text) OR (owner_id = ( SELECT NULLIF(current_setting('app.user_id'::text, true), ''::text) AS "nullif"))))
+provider_connections provider_connections_tenant ALL using ((org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) AND ((user_id = ( SELECT NULLIF(current_setting('app.user_id'::text, true), ''::text) AS "nullif")) OR (( SELECT current_setting('app.org_wide'::text, true) AS current_setting) = 'on'::text))) check ((org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) AND ((user_id = ( SELECT NULLIF(current_setting('app.user_id'::text, true), ''::text) AS "nullif")) OR (( SELECT current_setting('app.org_wide'::text, true) AS current_setting) = 'on'::text)))
 sessions sessions_tenant ALL using ((org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) AND ((user_id = ( SELECT NULLIF(current_setting('app.user_id'::text, true), ''::text) AS "nullif")) OR (( SELECT current_setting('app.org_wide'::text, true) AS current_setting) = 'on'::text))) check ((org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) AND ((user_id = ( SELECT NULLIF(current_setting('app.user_id'::text, true), ''::text) AS "nullif")) OR (( SELECT current_setting('app.org_wide'::text, true) AS current_setting) = 'on'::text)))
 users users_tenant ALL using (org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) check (org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif"))
 -- grants
 audit_log INSERT,SELECT
 memberships DELETE,INSERT,SELECT
 organizations INSERT,SELECT
+prompt_layers INSERT,SELECT
+provider_connections DELETE,INSERT,SELECT,UPDATE
 sessions INSERT,SELECT,UPDATE
 users INSERT,SELECT

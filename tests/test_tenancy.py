@@ -401,3 +401,14 @@ async def test_authentication_failures_are_audited_but_rate_limited(
     assert row is not None
     assert (row["event"], row["outcome"]) == ("auth.failure", "failure")
     assert "bad" not in row["details"]  # the presented token is never recorded
+
+
+def test_values_postgres_cannot_store_are_422_not_500(gateway: Server, world: World) -> None:
+    nul = api(gateway, world.member_a, "POST", "/v1/sessions", json={"name": "a\u0000b"})
+    assert nul.status_code == 422
+    assert nul.json()["code"] == "validation_failed"
+    key = api(gateway, world.member_a, "POST", "/v1/sessions", json={"variables": {"\u0000": 1}})
+    assert key.status_code == 422
+    for cursor in ("\u00b2", "9223372036854775808"):
+        assert api(gateway, world.admin_a, "GET", "/v1/audit",
+                   params={"cursor": cursor}).status_code == 422

@@ -8,17 +8,12 @@ from starlette.responses import Response
 
 from gateway.api.endpoints import Call, Endpoint
 from gateway.api.models import AuditEvent, AuditPage, AuditQuery
-from gateway.errors import BadRequest
 from sql import QUERIES, rls_transaction
 
 
 async def list_audit(call: Call) -> Response:
     query: AuditQuery = call.query
-    before = None
-    if query.cursor is not None:
-        if not query.cursor.isdigit():
-            raise BadRequest("the cursor is not one this API issued", code="invalid_cursor")
-        before = int(query.cursor)
+    before = int(query.cursor) if query.cursor is not None else None
     async with rls_transaction(call.services.pool, call.principal) as conn:
         rows = await conn.fetch(QUERIES["list_audit"], call.principal.org_id, query.limit + 1,
                                 query.event, query.actor, before)

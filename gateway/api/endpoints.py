@@ -82,6 +82,9 @@ class InvalidInput(GatewayError):
         super().__init__("the request does not match the schema; see errors")
         self.errors = errors
 
+    def extensions(self) -> dict[str, object]:
+        return {"errors": self.errors}
+
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:
     # The rejected input is never echoed back: it may be large, or secret.

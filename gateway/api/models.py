@@ -44,6 +44,9 @@ class SessionCreate(_Strict):
     )
     variables: JsonObject = Field(default_factory=dict)
     metadata: JsonObject = Field(default_factory=dict)
+    prompt: str | None = Field(
+        default=None, max_length=32768, description="the session's own system-prompt layer"
+    )
     ttl_seconds: int | None = Field(
         default=None, ge=60, description="lifetime in seconds; default and maximum are configured"
     )
@@ -54,6 +57,7 @@ class SessionUpdate(_Strict):
     allowed_tools: list[ToolName] | None = Field(default=None, max_length=200)
     variables: JsonObject | None = None
     metadata: JsonObject | None = None
+    prompt: str | None = Field(default=None, max_length=32768)
     ttl_seconds: int | None = Field(default=None, ge=60, description="new lifetime from now")
     status: Literal["closed"] | None = Field(default=None, description="close the session")
 
@@ -65,6 +69,7 @@ class Session(BaseModel):
     allowed_tools: list[str] | None
     variables: dict[str, Any]
     metadata: dict[str, Any]
+    prompt: str | None
     status: SessionStatus
     created_at: datetime
     last_used_at: datetime
@@ -122,7 +127,7 @@ class AuditQuery(_Strict):
     event: str | None = Field(default=None, max_length=64)
     actor: str | None = Field(default=None, max_length=255)
     limit: int = Field(default=50, ge=1, le=200)
-    cursor: str | None = Field(default=None, max_length=32)
+    cursor: str | None = Field(default=None, pattern=r"^[0-9]{1,18}$")
 
 
 class Problem(BaseModel):
@@ -135,3 +140,68 @@ class Problem(BaseModel):
     detail: str
     request_id: str | None = None
     errors: list[dict[str, Any]] | None = None
+
+
+LayerName = Literal["global", "organization", "user"]
+
+
+class LayerPath(_Strict):
+    layer: LayerName
+
+
+class PromptSave(_Strict):
+    source: str = Field(max_length=32768)
+    note: str = Field(default="", max_length=500)
+
+
+class PromptRollback(_Strict):
+    version: int = Field(ge=1)
+
+
+class PromptVersion(BaseModel):
+    layer: str
+    version: int
+    source: str
+    note: str
+    author: str
+    created_at: datetime
+
+
+class PromptVersionSummary(BaseModel):
+    version: int
+    note: str
+    author: str
+    created_at: datetime
+    size: int
+
+
+class PromptHistory(BaseModel):
+    layer: str
+    items: list[PromptVersionSummary]
+
+
+class PreviewVariables(_Strict):
+    org: JsonObject = Field(default_factory=dict)
+    user: JsonObject = Field(default_factory=dict)
+    session: JsonObject = Field(default_factory=dict)
+
+
+class PromptPreview(_Strict):
+    layer: Literal["global", "organization", "user", "session"]
+    source: str = Field(max_length=32768)
+    variables: PreviewVariables | None = Field(
+        default=None, description="sample values; omitted: built-in samples"
+    )
+
+
+class LayerUsed(BaseModel):
+    layer: str
+    version: str
+
+
+class ComposedSystemPrompt(BaseModel):
+    text: str
+    layers: list[LayerUsed]
+    skipped_overrides: list[str] = Field(
+        default_factory=list, description="sections a layer tried to change but were locked"
+    )

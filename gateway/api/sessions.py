@@ -27,6 +27,7 @@ from gateway.audit import AuditEntry
 from gateway.errors import BadRequest, Forbidden, GatewayError
 from gateway.permissions import granted
 from gateway.principal import Principal
+from prompts import LayerKind, PromptError
 from sql import QUERIES, rls_transaction
 
 ADMIN_PERMISSION = "sessions:admin"
@@ -72,6 +73,7 @@ def to_model(row: Record) -> Session:
         allowed_tools=row["allowed_tools"],
         variables=json.loads(row["variables"]),
         metadata=json.loads(row["metadata"]),
+        prompt=row["prompt"],
         status=status_of(row),  # type: ignore[arg-type]
         created_at=row["created_at"],
         last_used_at=row["last_used_at"],
@@ -104,6 +106,17 @@ def _audit(call: Call, event: str, session_id: object, **details: Any) -> AuditE
                       request_id=call.request_id)
 
 
+def _check_prompt(call: Call, prompt: str | None) -> None:
+    """A session prompt is validated like any layer (syntax, sandbox, size) before it is kept."""
+    if prompt:
+        try:
+            call.services.composer.validate(prompt, kind=LayerKind.SESSION)
+        except PromptError as exc:
+            raise InvalidInput([{"loc": ["body", "prompt"], "msg": exc.message,
+                                 "type": type(exc).__name__, "line": exc.line,
+                                 "column": exc.column}]) from exc
+
+
 def _org_wide(principal: Principal) -> bool:
     return granted(principal.roles, ADMIN_PERMISSION)
 
@@ -112,6 +125,7 @@ async def create_session(call: Call) -> Response:
     body: SessionCreate = call.body
     settings, principal = call.services.settings, call.principal
     ttl = _ttl(call, body.ttl_seconds)
+    _check_prompt(call, body.prompt)
     async with rls_transaction(call.services.pool, principal, org_wide=True) as conn:
         await conn.execute(QUERIES["lock_session_quota"], principal.org_id)
         counts = await conn.fetchrow(
@@ -127,6 +141,7 @@ async def create_session(call: Call) -> Response:
         row = await conn.fetchrow(
             QUERIES["insert_session"], principal.org_id, principal.user_id, body.name,
             body.allowed_tools, json.dumps(body.variables), json.dumps(body.metadata), ttl,
+            body.prompt,
         )
         assert row is not None
         await call.services.audit.record(conn, _audit(call, "session.create", row["id"]))
@@ -178,8 +193,11 @@ async def usable_session(pool: asyncpg.Pool, principal: Principal, raw_id: str) 
     return row
 
 
-async def _fetch(conn: PoolConnectionProxy, call: Call, session_id: uuid.UUID) -> Record:
-    row = await conn.fetchrow(QUERIES["get_session"], call.principal.org_id, session_id)
+async def fetch_visible(
+    conn: PoolConnectionProxy, principal: Principal, session_id: uuid.UUID
+) -> Record:
+    """The session if this transaction may see it (row-level security decides), else 404."""
+    row = await conn.fetchrow(QUERIES["get_session"], principal.org_id, session_id)
     if row is None:
         raise NotFound("no such session")
     return row
@@ -189,7 +207,7 @@ async def get_session(call: Call) -> Response:
     session_id = parse_id(call.path("session_id"))
     org_wide = _org_wide(call.principal)
     async with rls_transaction(call.services.pool, call.principal, org_wide=org_wide) as conn:
-        row = await _fetch(conn, call, session_id)
+        row = await fetch_visible(conn, call.principal, session_id)
     return _json(to_model(row))
 
 
@@ -198,10 +216,11 @@ async def update_session(call: Call) -> Response:
     session_id = parse_id(call.path("session_id"))
     org_wide = _org_wide(call.principal)
     async with rls_transaction(call.services.pool, call.principal, org_wide=org_wide) as conn:
-        row = await _fetch(conn, call, session_id)
+        row = await fetch_visible(conn, call.principal, session_id)
         if status_of(row) != "active":
             raise SessionNotActive("only active sessions can be changed")
         changed = body.model_dump(exclude_unset=True, exclude={"status"})
+        _check_prompt(call, body.prompt)
         if changed:
             ttl = _ttl(call, body.ttl_seconds) if body.ttl_seconds else None
             row = await conn.fetchrow(
@@ -209,6 +228,7 @@ async def update_session(call: Call) -> Response:
                 json.dumps(body.variables) if body.variables is not None else None,
                 json.dumps(body.metadata) if body.metadata is not None else None,
                 ttl, "allowed_tools" in changed, body.allowed_tools,
+                "prompt" in changed, body.prompt,
             ) or row
             await call.services.audit.record(
                 conn, _audit(call, "session.update", session_id, fields=sorted(changed))
@@ -225,7 +245,7 @@ async def delete_session(call: Call) -> Response:
     session_id = parse_id(call.path("session_id"))
     org_wide = _org_wide(call.principal)
     async with rls_transaction(call.services.pool, call.principal, org_wide=org_wide) as conn:
-        row = await _fetch(conn, call, session_id)
+        row = await fetch_visible(conn, call.principal, session_id)
         if row["status"] == "active":
             await conn.execute(QUERIES["close_session"], call.principal.org_id, session_id)
             await call.services.audit.record(conn, _audit(call, "session.close", session_id))

@@ -1,0 +1,84 @@
+"""A session's system prompt: the saved layers that apply to its user, composed with the
+session's own prompt and variables.
+
+The newest layer versions are read from the database every time a prompt is composed, so a
+change saved through any replica is seen by every replica at once; compilation and composition
+are cached by version inside :class:`prompts.PromptComposer`, so an unchanged prompt costs one
+small query and a cache hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from asyncpg import Record
+from asyncpg.pool import PoolConnectionProxy
+
+from gateway.principal import Principal
+from prompts import ComposedPrompt, Layer, LayerKind, PromptComposer, PromptVariables
+from sql import QUERIES
+
+GLOBAL_ORG = "_platform"
+
+KINDS = {"global": LayerKind.GLOBAL, "organization": LayerKind.ORGANISATION,
+         "user": LayerKind.USER}
+
+
+def layer_owner(kind: str, principal: Principal) -> tuple[str, str]:
+    """(org_id, owner_id) of the layer of ``kind`` that applies to ``principal``."""
+    if kind == "global":
+        return GLOBAL_ORG, ""
+    if kind == "organization":
+        return principal.org_id, ""
+    return principal.org_id, principal.user_id
+
+
+def _layer(row: Record) -> Layer:
+    return Layer(KINDS[row["kind"]], f"{row['kind']}:{row['org_id']}:{row['owner_id']}",
+                 str(row["version"]), row["source"])
+
+
+def session_layer(session: Record) -> Layer | None:
+    prompt = session["prompt"]
+    if not prompt:
+        return None
+    # The session's prompt is not versioned in a table; its digest identifies the text.
+    digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]
+    return Layer(LayerKind.SESSION, f"session:{session['id']}", digest, prompt)
+
+
+def variables(principal: Principal, session: Record | None) -> PromptVariables:
+    session_vars: Mapping[str, Any] = json.loads(session["variables"]) if session else {}
+    return PromptVariables(
+        org={"id": principal.org_id},
+        user={"id": principal.user_id, "roles": list(principal.roles), **principal.profile},
+        session=session_vars,
+    )
+
+
+async def saved_layers(conn: PoolConnectionProxy, principal: Principal) -> list[Layer]:
+    rows = await conn.fetch(
+        QUERIES["current_prompt_layers"], principal.org_id, principal.user_id
+    )
+    return sorted((_layer(row) for row in rows), key=lambda layer: layer.kind)
+
+
+async def compose_for(
+    conn: PoolConnectionProxy,
+    composer: PromptComposer,
+    principal: Principal,
+    session: Record | None,
+) -> ComposedPrompt:
+    layers = await saved_layers(conn, principal)
+    own = session_layer(session) if session is not None else None
+    if own is not None:
+        layers.append(own)
+    return composer.compose(layers, variables(principal, session))
+
+
+def layers_used(prompt: ComposedPrompt) -> list[dict[str, str]]:
+    names = {kind: name for name, kind in KINDS.items()} | {LayerKind.SESSION: "session"}
+    return [{"layer": names[ref.kind], "version": ref.version} for ref in prompt.layers]
