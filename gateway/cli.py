@@ -21,9 +21,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from tqdm import tqdm
 
 from gateway import devissuer, embedded
+from oauth.keyring import Keyring, generate_entry
 from oauth.keys import ensure_private_key_file, public_pem
+from oauth.rotation import rotate
 from sql import apply_migrations, set_app_password, verify_audit_chain
 
 log = logging.getLogger("gatehouse")
@@ -43,6 +46,7 @@ class UpSettings(BaseSettings):
     issuer: str | None = None
     internal_key_file: Path | None = None
     public_url: str | None = None
+    token_keys: str | None = None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +75,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="VAR",
         help="also set the gatehouse_app role's password from this environment variable",
     )
+    keys = commands.add_parser("keys", help="token-vault encryption keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    generate = keys_commands.add_parser(
+        "generate", help="print a new key entry to put first in GATEHOUSE_TOKEN_KEYS"
+    )
+    generate.add_argument("--id", required=True, dest="key_id", help="e.g. k2")
+    rotate_cmd = keys_commands.add_parser(
+        "rotate",
+        help="re-encrypt every stored grant under the first key of GATEHOUSE_TOKEN_KEYS "
+        "(resumable; needs a role that bypasses RLS)",
+    )
+    rotate_cmd.add_argument(
+        "--database-url", default=None, help="default: GATEHOUSE_ADMIN_DATABASE_URL"
+    )
+
     audit = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser(
@@ -94,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         return _migrate(args)
     if args.command == "audit":
         return _audit_verify(args)
+    if args.command == "keys":
+        return _keys(args)
     return _up(args)
 
 
@@ -121,10 +142,16 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _migrate(args: argparse.Namespace) -> int:
+def _admin_dsn(args: argparse.Namespace) -> str | None:
     dsn = args.database_url or UpSettings().admin_database_url
     if not dsn:
         print("set GATEHOUSE_ADMIN_DATABASE_URL or pass --database-url", file=sys.stderr)
+    return dsn
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    dsn = _admin_dsn(args)
+    if not dsn:
         return 2
     applied = asyncio.run(apply_migrations(dsn))
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
@@ -134,10 +161,31 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    if args.keys_command == "generate":
+        print(generate_entry(args.key_id))
+        return 0
+    dsn = _admin_dsn(args)
+    config = UpSettings().token_keys
+    if not dsn or not config:
+        print("set GATEHOUSE_TOKEN_KEYS (new key first, old keys after)", file=sys.stderr)
+        return 2
+    keyring = Keyring.parse(config)
+    with tqdm(desc=f"re-encrypting under {keyring.active_id}", unit="grant") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        rewritten = asyncio.run(rotate(dsn, keyring, progress))
+    print(f"{rewritten} grant(s) re-encrypted; keys other than {keyring.active_id} "
+          "can now be removed from GATEHOUSE_TOKEN_KEYS")
+    return 0
+
+
 def _audit_verify(args: argparse.Namespace) -> int:
-    dsn = args.database_url or UpSettings().admin_database_url
+    dsn = _admin_dsn(args)
     if not dsn:
-        print("set GATEHOUSE_ADMIN_DATABASE_URL or pass --database-url", file=sys.stderr)
         return 2
     report = asyncio.run(verify_audit_chain(dsn))
     if report.first_break is not None:
@@ -159,6 +207,7 @@ def _up(args: argparse.Namespace) -> int:
         env.update(_database(settings, data_dir, stack))
         env.update(_redis(settings, data_dir, stack))
         env.update(_internal_keys(settings, data_dir))
+        env.update(_token_keys(settings, data_dir))
         env.update(_issuer(settings, data_dir, public_url))
         env["GATEHOUSE_PUBLIC_URL"] = public_url
         env["GATEHOUSE_MCP_SERVER_URL"] = f"http://{args.host}:{args.mcp_port}/mcp"
@@ -204,6 +253,18 @@ def _internal_keys(settings: UpSettings, data_dir: Path) -> dict[str, str]:
         "GATEHOUSE_INTERNAL_KEY_FILE": str(private),
         "GATEHOUSE_INTERNAL_PUBLIC_KEY_FILE": str(public),
     }
+
+
+def _token_keys(settings: UpSettings, data_dir: Path) -> dict[str, str]:
+    """The token vault's keyring; in development, one generated key kept in ``.gatehouse/``."""
+    if settings.token_keys:
+        return {}
+    path = data_dir / "token_keys"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(generate_entry("k1"))
+    return {"GATEHOUSE_TOKEN_KEYS": path.read_text().strip()}
 
 
 def _issuer(settings: UpSettings, data_dir: Path, public_url: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ Tokens go through exactly the same verification path as any external issuer's.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from oauth.keys import write_private_pem
 
 ISSUER_PATH = "/dev"
 JWKS_PATH = "/dev/jwks.json"
@@ -39,15 +40,7 @@ def ensure_key(path: Path) -> rsa.RSAPrivateKey:
             raise ValueError(f"{path} is not an RSA private key")
         return key
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
+    write_private_pem(path, key)
     return key
 
 

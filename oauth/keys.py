@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 
 def load_private_key(pem: bytes) -> Ed25519PrivateKey:
@@ -29,11 +30,8 @@ def public_pem(key: Ed25519PrivateKey) -> bytes:
     )
 
 
-def ensure_private_key_file(path: Path) -> Ed25519PrivateKey:
-    """Load the key at ``path``, creating it (mode 0600) on first use."""
-    if path.exists():
-        return load_private_key(path.read_bytes())
-    key = Ed25519PrivateKey.generate()
+def write_private_pem(path: Path, key: PrivateKeyTypes) -> None:
+    """Write ``key`` as unencrypted PKCS#8 PEM to a new file only its owner can read."""
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -43,4 +41,12 @@ def ensure_private_key_file(path: Path) -> Ed25519PrivateKey:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
+
+
+def ensure_private_key_file(path: Path) -> Ed25519PrivateKey:
+    """Load the key at ``path``, creating it (mode 0600) on first use."""
+    if path.exists():
+        return load_private_key(path.read_bytes())
+    key = Ed25519PrivateKey.generate()
+    write_private_pem(path, key)
     return key

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -22,10 +23,20 @@ import pytest
 from fastmcp import Client
 from mcp_types import TextContent
 
-from tests.support.databases import Database, with_database
+from oauth.keyring import Keyring, generate_entry
+from oauth.store import TokenStore
+from oauth.vault import TokenBundle
+from sql import apply_migrations, create_pool
+from tests.support.databases import Database, with_database, with_user
 from tests.support.processes import free_port
 
 GATEHOUSE = [sys.executable, "-m", "gateway"]
+
+
+@dataclass(frozen=True)
+class Tenant:
+    org_id: str
+    user_id: str
 
 
 def clean_env() -> dict[str, str]:
@@ -39,7 +50,11 @@ def gatehouse_up(cwd: Path, gateway_port: int, mcp_port: int) -> Iterator[subpro
     log = log_path.open("a")
     process = subprocess.Popen(
         [*GATEHOUSE, "up", "--gateway-port", str(gateway_port), "--mcp-port", str(mcp_port)],
-        cwd=cwd, env=clean_env(), stdout=log, stderr=subprocess.STDOUT, text=True,
+        cwd=cwd,
+        env=clean_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -57,9 +72,21 @@ def gatehouse_up(cwd: Path, gateway_port: int, mcp_port: int) -> Iterator[subpro
 
 def token(cwd: Path, port: int, org: str, user: str) -> str:
     return subprocess.run(
-        [*GATEHOUSE, "token", "--org", org, "--user", user,
-         "--public-url", f"http://127.0.0.1:{port}"],
-        cwd=cwd, env=clean_env(), capture_output=True, text=True, check=True,
+        [
+            *GATEHOUSE,
+            "token",
+            "--org",
+            org,
+            "--user",
+            user,
+            "--public-url",
+            f"http://127.0.0.1:{port}",
+        ],
+        cwd=cwd,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
 
 
@@ -105,7 +132,7 @@ async def test_up_runs_everything_and_stops_cleanly(project_dir: Path) -> None:
 
     # A second start reuses the cluster: the organisation provisioned above is still there.
     with gatehouse_up(tmp_path, gateway_port, mcp_port):
-        second = (tmp_path / "up.log").read_text()[len(log):]
+        second = (tmp_path / "up.log").read_text()[len(log) :]
         assert "creating PostgreSQL cluster" not in second
         assert "applied migrations" not in second
         ready_line = [ln for ln in second.splitlines() if "embedded PostgreSQL ready" in ln][-1]
@@ -139,3 +166,44 @@ async def test_migrate_command_applies_once_and_sets_the_app_password(
     finally:
         await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await conn.close()
+
+
+async def test_keys_rotate_reencrypts_every_grant(database: Database) -> None:
+    server = database.admin_url
+    name = f"gatehouse_keys_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(server, name)
+    try:
+        await apply_migrations(url)
+        owner = await asyncpg.connect(url)
+        await owner.execute("INSERT INTO organizations VALUES ('rot-org')")
+        await owner.execute(
+            "INSERT INTO users (org_id, id) VALUES ('rot-org', 'u1'), ('rot-org', 'u2')"
+        )
+        await owner.close()
+        old = generate_entry("k1")
+        pool = await create_pool(with_user(url, "gatehouse_app"), min_size=1, max_size=2)
+        store = TokenStore(pool, Keyring.parse(old))
+        for user in ("u1", "u2"):
+            await store.save(Tenant("rot-org", user), "github", TokenBundle(f"secret-{user}"))
+        new = generate_entry("k2")
+        env = {**clean_env(), "GATEHOUSE_TOKEN_KEYS": f"{new},{old}"}
+        done = subprocess.run(
+            [*GATEHOUSE, "keys", "rotate", "--database-url", url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "2 grant(s) re-encrypted" in done.stdout
+        assert "secret-" not in done.stdout + done.stderr
+        only_new = TokenStore(pool, Keyring.parse(new))
+        for user in ("u1", "u2"):
+            bundle = await only_new.load(Tenant("rot-org", user), "github")
+            assert bundle is not None and bundle.access_token == f"secret-{user}"
+        await pool.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()

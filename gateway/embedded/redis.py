@@ -29,9 +29,6 @@ from gateway.embedded.common import (
 
 log = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------------------------
-# Redis
-
 
 @dataclass(frozen=True)
 class EmbeddedRedis:
