@@ -241,3 +241,21 @@ def test_metrics_count_requests_without_secrets(gateway: Server, alice_token: st
     assert 'gatehouse_auth_failures_total{code="invalid_token"}' in text
     assert 'gatehouse_mcp_requests_total{method="tools/list"}' in text
     assert alice_token not in text and "garbage" not in text
+
+
+@pytest.mark.parametrize(("fail_open", "status"), [("true", 200), ("false", 503)])
+def test_redis_down_follows_the_limit_policy_without_hanging(
+    start_gateway: Any, alice_token: str, fail_open: str, status: int
+) -> None:
+    cut_off = start_gateway(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit_fail_open=fail_open
+    )
+    started = time.perf_counter()
+    resp = post_mcp(cut_off, alice_token)
+    assert time.perf_counter() - started < 3
+    assert resp.status_code == status
+    if status == 503:
+        assert_problem(resp, 503, "rate_limiter_unavailable")
+        assert resp.headers["retry-after"] == "1"
+    ready = httpx.get(cut_off.url + "/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["redis"]["ok"] is False
