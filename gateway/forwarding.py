@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.sessions import usable_session
+from gateway.asgi import header
 from gateway.audit import AuditEntry
 from gateway.auth import principal_of
 from gateway.errors import BadRequest, UpstreamUnavailable
@@ -64,15 +65,9 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
 
 def _content_type(scope: Scope) -> str:
-    return (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+    return (header(scope, b"content-type") or "").split(";")[0].strip().lower()
 
 
 class McpForwarder:
@@ -123,7 +118,7 @@ class McpForwarder:
         async with rls_transaction(services.pool, principal) as conn:
             prompt = await compose_for(conn, services.composer, principal, session)
         if wants_prompt:
-            protocol = _header(scope, b"mcp-protocol-version")
+            protocol = header(scope, b"mcp-protocol-version")
             answer = system_prompt_answer(message.id, prompt.text, protocol)
             await Response(answer, media_type="application/json")(scope, receive, send)
             return True

@@ -15,6 +15,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.asgi import header
 from gateway.metrics import route_family
 from gateway.problem import INTERNAL_ERROR, error_response, translate
 from gateway.services import services_of
@@ -24,12 +25,6 @@ log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
 
 
 def _traceparent(incoming: str | None) -> str:
@@ -50,10 +45,10 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, b"x-request-id")
+        incoming = header(scope, b"x-request-id")
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         scope["state"]["request_id"] = request_id
-        scope["state"]["traceparent"] = _traceparent(_header(scope, b"traceparent"))
+        scope["state"]["traceparent"] = _traceparent(header(scope, b"traceparent"))
         metrics = services_of(scope).metrics
         route = route_family(scope["path"])
         started = time.perf_counter()
