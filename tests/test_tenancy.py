@@ -72,7 +72,11 @@ def world(gateway: Server, idp: OidcProvider) -> World:
 async def row_snapshot(database: Database) -> list[Any]:
     conn = await asyncpg.connect(database.admin_url)
     try:
-        rows = await conn.fetch("SELECT * FROM sessions ORDER BY id")
+        # last_used_at is left out: replicas write it in the background, on their own schedule.
+        rows = await conn.fetch(
+            "SELECT id, org_id, user_id, name, allowed_tools, variables, metadata, status,"
+            " expires_at, closed_at, prompt FROM sessions ORDER BY id"
+        )
         members = await conn.fetch("SELECT * FROM memberships ORDER BY org_id, user_id, role")
         return [tuple(r) for r in rows] + [tuple(m) for m in members]
     finally:
