@@ -25,6 +25,7 @@ from gateway.api.endpoints import Endpoint
 from gateway.audit import AuditTrail
 from gateway.auth import AuthenticationMiddleware
 from gateway.background import every
+from gateway.connect import ROUTES as CONNECT_ROUTES
 from gateway.forwarding import McpForwarder
 from gateway.jwks import JwksCache
 from gateway.metrics import Metrics
@@ -157,6 +158,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
             Route("/mcp", forwarder, methods=["GET", "POST", "DELETE"]),
             Route("/mcp/{session_id}", forwarder, methods=["GET", "POST", "DELETE"]),
             *(endpoint.route() for endpoint in API),
+            *CONNECT_ROUTES,
         ],
         middleware=[
             Middleware(RequestContextMiddleware),

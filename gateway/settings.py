@@ -50,6 +50,7 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     upstream_timeout_seconds: float = Field(default=60, gt=0)
     assertion_lifetime_seconds: int = Field(default=30, ge=1, le=60)
+    connect_session_ttl_seconds: int = Field(default=1800, ge=60, le=86_400)
 
     dev_issuer_key_file: Path | None = Field(
         default=None, description="development mode only: serve this key's JWKS at /dev/jwks.json"

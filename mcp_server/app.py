@@ -11,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
-from mcp_server import tools
+from mcp_server import connect_routes, provider_tools, tools
 from mcp_server.auth import AssertionMiddleware
+from mcp_server.lifespan import RuntimeHolder, lifespan_for
 from mcp_server.scope import SessionToolScope
 from mcp_server.settings import McpServerSettings
 from oauth.assertion import AssertionVerifier
@@ -21,9 +22,15 @@ from oauth.keys import load_public_key
 INSTRUCTIONS = "Gatehouse tools, called as the organisation and user the gateway vouches for."
 
 
-def build_mcp() -> FastMCP:
-    mcp = FastMCP("gatehouse", instructions=INSTRUCTIONS, middleware=[SessionToolScope()])
+def build_mcp(settings: McpServerSettings) -> FastMCP:
+    """The tools, the connect flow's internal routes, and the lifespan that builds the
+    provider runtime both use."""
+    holder = RuntimeHolder()
+    mcp = FastMCP("gatehouse", instructions=INSTRUCTIONS, middleware=[SessionToolScope()],
+                  lifespan=lifespan_for(settings, holder))
     tools.register(mcp)
+    provider_tools.register(mcp, settings.providers)
+    connect_routes.register(mcp, holder, settings.connect_state_ttl_seconds)
 
     @mcp.custom_route("/healthz", methods=["GET"])
     async def healthz(request: Request) -> Response:
@@ -35,5 +42,5 @@ def build_mcp() -> FastMCP:
 def create_app(settings: McpServerSettings | None = None) -> ASGIApp:
     resolved = settings or McpServerSettings()  # type: ignore[call-arg]  # from the environment
     verifier = AssertionVerifier(load_public_key(resolved.internal_public_key_file.read_bytes()))
-    app = build_mcp().http_app(path="/mcp", stateless_http=True)
+    app = build_mcp(resolved).http_app(path="/mcp", stateless_http=True)
     return AssertionMiddleware(app, verifier)

@@ -55,15 +55,38 @@ def idp() -> Iterator[OidcProvider]:
 
 
 @pytest.fixture(scope="session")
-def mcp_server(internal_keys: InternalKeys, work_dir: Path) -> Iterator[Server]:
+def mcp_server(
+    internal_keys: InternalKeys, work_dir: Path, database: Database, redis_url: str
+) -> Iterator[Server]:
+    """mcp_server with the token vault and GitHub enabled against a loopback stand-in (its
+    URL, keyring and settings are in ``server.env``; see tests/support/github_standin.py)."""
+    import json
+    import uuid
+
+    from oauth.keyring import generate_entry
+    from tests.support.github_standin import RunningStandIn
+
+    github = RunningStandIn()
+    providers = {"github": {"client_id": "gatehouse-test", "client_secret": "test-secret",
+                            "api_base_url": github.url,
+                            "token_endpoint": github.url + "/login/oauth/access_token"}}
     server = start_uvicorn(
         "mcp_server.app:create_app",
-        {"GATEHOUSE_INTERNAL_PUBLIC_KEY_FILE": str(internal_keys.public)},
+        {
+            "GATEHOUSE_INTERNAL_PUBLIC_KEY_FILE": str(internal_keys.public),
+            "GATEHOUSE_DATABASE_URL": database.app_url,
+            "GATEHOUSE_REDIS_URL": redis_url,
+            "GATEHOUSE_TOKEN_KEYS": generate_entry("test1"),
+            "GATEHOUSE_PUBLIC_URL": "https://gatehouse.test",
+            "GATEHOUSE_PROVIDERS": json.dumps(providers),
+            "GATEHOUSE_RESILIENCE_NAMESPACE": f"test-{uuid.uuid4().hex[:8]}",
+        },
         work_dir,
         "mcp_server",
     )
     yield server
     server.stop()
+    github.stop()
 
 
 GatewayFactory = Callable[..., Server]

@@ -109,8 +109,10 @@ const configuration = {
     revocation: { enabled: true },
     resourceIndicators: {
       enabled: true,
-      defaultResource: () => AUDIENCE,
-      useGrantedResource: () => true,
+      // Gatehouse's own test client gets JWT access tokens for the gateway; clients that play
+      // a third-party app (the connect flow) get plain tokens that userinfo accepts.
+      defaultResource: (_ctx, client) => (client?.clientId === TEST_CLIENT_ID ? AUDIENCE : undefined),
+      useGrantedResource: (_ctx, model) => model?.clientId === TEST_CLIENT_ID,
       async getResourceServerInfo(_ctx, resourceIndicator) {
         if (resourceIndicator !== AUDIENCE) {
           throw new errors.InvalidTarget(`unknown resource ${resourceIndicator}`);

@@ -1,0 +1,167 @@
+"""What mcp_server builds at start-up and shares with every tool call: no module globals.
+
+The FastMCP lifespan yields ``{"providers": ProviderRuntime}``; tools read it through
+``ctx.lifespan_context``. It owns one ``aiohttp`` session (provider APIs, token endpoints,
+discovery), the asyncpg pool (as ``gatehouse_app``, checked by :func:`sql.verify_app_role`),
+one Redis client (refresh locks, breakers, connect tickets), the token store and refresher, a
+circuit breaker per provider (state shared across replicas through Redis) and the rate limits.
+Without database, Redis or token keys the runtime has no vault: provider tools then answer
+"not configured", and everything else works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from fastmcp import FastMCP
+from redis.asyncio import Redis
+
+from mcp_server.providers import configure_providers
+from mcp_server.settings import McpServerSettings
+from mcp_server.token_cache import ConnectionCache
+from oauth.catalogue import ConfiguredProvider, load_catalogue
+from oauth.keyring import Keyring
+from oauth.provider_client import ProviderApi, is_breaker_failure
+from oauth.refresh import Refresher
+from oauth.store import TokenStore
+from oauth.token_endpoint import TokenEndpoint
+from resilience import CircuitBreaker, FailurePolicy, RateLimiter, create_redis
+from sql import create_pool, verify_app_role
+
+RUNTIME_KEY = "providers"
+REFRESH_MARGIN = 60.0  # seconds before expiry that a token is refreshed
+
+
+@dataclass(frozen=True)
+class ToolLimits:
+    """Distributed limits checked before a provider call."""
+
+    provider: RateLimiter  # per provider, every organisation together
+    org_provider: RateLimiter  # per (organisation, provider)
+    user_tool: RateLimiter  # per (organisation, user, tool), unless the tool has its own
+    per_tool: Mapping[str, RateLimiter] = field(default_factory=dict)
+
+    def for_tool(self, tool: str) -> RateLimiter:
+        return self.per_tool.get(tool, self.user_tool)
+
+
+@dataclass(frozen=True)
+class Vault:
+    store: TokenStore
+    refresher: Refresher
+    redis: Redis
+    limits: ToolLimits
+    cache: ConnectionCache | None  # None: every call reads the database
+
+
+@dataclass(frozen=True)
+class ProviderRuntime:
+    providers: Mapping[str, ConfiguredProvider]
+    apis: Mapping[str, ProviderApi]
+    vault: Vault | None
+    public_url: str
+    connect_link_ttl: int
+    http: aiohttp.ClientSession
+
+
+def _limits(settings: McpServerSettings, redis_url: str) -> ToolLimits:
+    policy = FailurePolicy.OPEN if settings.rate_limit_fail_open else FailurePolicy.CLOSED
+    ns = settings.resilience_namespace
+
+    def limiter(limit: str, name: str) -> RateLimiter:
+        return RateLimiter(redis_url, limit, namespace=f"{ns}:tools:{name}", policy=policy)
+
+    per_tool = {t: limiter(limit, "user-tool") for t, limit in settings.tool_rate_limits.items()}
+    return ToolLimits(
+        provider=limiter(settings.provider_rate_limit, "provider"),
+        org_provider=limiter(settings.org_provider_rate_limit, "org-provider"),
+        user_tool=limiter(settings.user_tool_rate_limit, "user-tool"),
+        per_tool=per_tool,
+    )
+
+
+async def _vault(
+    settings: McpServerSettings, stack: AsyncExitStack, http: aiohttp.ClientSession,
+    providers: Mapping[str, ConfiguredProvider],
+) -> Vault | None:
+    if not (settings.database_url and settings.redis_url and settings.token_keys):
+        return None
+    keyring = Keyring.parse(settings.token_keys.get_secret_value())
+    pool = await create_pool(settings.database_url)
+    stack.push_async_callback(pool.close)
+    await verify_app_role(pool)
+    redis = create_redis(settings.redis_url)
+    stack.push_async_callback(redis.aclose)
+    store = TokenStore(pool, keyring)
+    grants = {
+        name: TokenEndpoint(http, p.spec.token_endpoint, p.client,
+                            revocation_url=p.spec.revocation_endpoint).refresh
+        for name, p in providers.items()
+    }
+    refresher = Refresher(store, redis, grants, margin=REFRESH_MARGIN)
+    ttl = settings.token_cache_seconds
+    cache = ConnectionCache(pool, store.vault, ttl=ttl) if ttl > 0 else None
+    return Vault(store, refresher, redis, _limits(settings, settings.redis_url), cache)
+
+
+def _apis(
+    settings: McpServerSettings, http: aiohttp.ClientSession, redis: Redis,
+    providers: Mapping[str, ConfiguredProvider],
+) -> dict[str, ProviderApi]:
+    def breaker(name: str) -> CircuitBreaker:
+        return CircuitBreaker(
+            redis, f"provider:{name}",
+            failure_threshold=settings.breaker_failure_threshold,
+            window_seconds=settings.breaker_window_seconds,
+            reset_timeout=settings.breaker_reset_seconds,
+            is_failure=is_breaker_failure,
+            namespace=f"{settings.resilience_namespace}:breaker",
+        )
+
+    return {
+        name: ProviderApi(http, p.spec, breaker(name), timeout=settings.provider_timeout_seconds,
+                          max_bytes=settings.provider_max_response_bytes)
+        for name, p in providers.items()
+    }
+
+
+class RuntimeHolder:
+    """Where non-tool code (custom routes) finds the runtime the lifespan built; tools get it
+    from their context instead. Empty outside the lifespan."""
+
+    def __init__(self) -> None:
+        self.runtime: ProviderRuntime | None = None
+
+
+def lifespan_for(
+    settings: McpServerSettings, holder: RuntimeHolder
+) -> Callable[[FastMCP], AbstractAsyncContextManager[dict[str, Any]]]:
+    @asynccontextmanager
+    async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncExitStack() as stack:
+            http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=settings.provider_timeout_seconds + 5),
+                connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=300),
+                cookie_jar=aiohttp.DummyCookieJar(),  # no provider cookie shared across users
+            )
+            stack.push_async_callback(http.close)
+            providers = await configure_providers(
+                http, settings.providers, load_catalogue(),
+                discovery_timeout=settings.discovery_timeout_seconds,
+            )
+            vault = await _vault(settings, stack, http, providers)
+            apis = {} if vault is None else _apis(settings, http, vault.redis, providers)
+            holder.runtime = ProviderRuntime(
+                providers, apis, vault, settings.public_url.rstrip("/"),
+                settings.connect_link_ttl_seconds, http,
+            )
+            try:
+                yield {RUNTIME_KEY: holder.runtime}
+            finally:
+                holder.runtime = None
+
+    return lifespan

@@ -1,0 +1,167 @@
+"""Running one provider tool call: limits, the user's token, the call, and clear MCP errors.
+
+Order: the per-(user, tool), per-(organisation, provider) and per-provider limits are hit
+together (one Redis round trip of latency, not three), then the user's token is loaded (and if
+due, refreshed), then the call goes through the provider's circuit breaker. Hitting the limits
+together means a call refused by one limit still counts against the others: a user past their
+own limit keeps spending the organisation's budget, bounded by the gateway's per-user limit.
+
+Every failure becomes a :class:`ToolError` whose text a person can act on:
+
+* not configured (provider not enabled here, or no vault configured);
+* not connected / needs reconnect / token rejected (401, marked needs_reconnect) — each with a
+  one-time connect link for this organisation, user and provider;
+* missing scope (named when the provider says which; else the tool's declared scopes) — with a
+  connect link to grant it;
+* provider unavailable (breaker open, 429, 5xx, timeout, refresh failing) with a retry hint;
+* rate limited (which limit, and when to retry);
+* the provider refused the request (status code only: bodies are never reflected).
+
+No message contains a token; unexpected exceptions are logged by type only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from fastmcp import Context
+from fastmcp.exceptions import ToolError
+
+from mcp_server.auth import current_caller
+from mcp_server.lifespan import REFRESH_MARGIN, RUNTIME_KEY, ProviderRuntime, Vault
+from oauth.assertion import CallerIdentity
+from oauth.connect_links import issue_connect_link
+from oauth.errors import NeedsReconnect, NotConnected, RefreshFailed, VaultError
+from oauth.provider_client import (
+    MissingScope,
+    ProviderApi,
+    ProviderRejected,
+    ProviderUnauthorized,
+    ProviderUnavailable,
+)
+from resilience import CircuitOpen, Decision, LimiterUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+ProviderCall = Callable[[ProviderApi, str], Awaitable[T]]
+
+
+def _runtime(ctx: Context) -> ProviderRuntime | None:
+    runtime = ctx.lifespan_context.get(RUNTIME_KEY)
+    return runtime if isinstance(runtime, ProviderRuntime) else None
+
+
+async def run_provider_tool(
+    ctx: Context, tool: str, provider: str, scopes: tuple[str, ...], call: ProviderCall[T]
+) -> T:
+    """Call ``call(api, access_token)`` for the current caller, mapping every failure."""
+    runtime = _runtime(ctx)
+    api = None if runtime is None else runtime.apis.get(provider)
+    if runtime is None or runtime.vault is None or api is None:
+        raise ToolError(f"provider {provider!r} is not configured on this Gatehouse server")
+    caller = current_caller()
+    try:
+        return await _run(runtime, runtime.vault, api, caller, tool, provider, scopes, call)
+    except ToolError:
+        raise
+    except Exception as exc:  # never let a provider body or token surface through FastMCP
+        log.exception("tool %s failed unexpectedly (%s)", tool, type(exc).__name__)
+        raise ToolError(f"{tool} failed unexpectedly; try again later") from None
+
+
+async def _run(
+    runtime: ProviderRuntime, vault: Vault, api: ProviderApi, caller: CallerIdentity,
+    tool: str, provider: str, scopes: tuple[str, ...], call: ProviderCall[T],
+) -> T:
+    name = api.spec.display_name
+    limits = vault.limits
+    decisions = await asyncio.gather(
+        _hit(limits.for_tool(tool).hit(caller.org_id, caller.user_id, tool)),
+        _hit(limits.org_provider.hit(caller.org_id, provider)),
+        _hit(limits.provider.hit(provider)),
+    )
+    _admit(decisions[0], f"your limit for {tool}")
+    _admit(decisions[1], f"your organisation's limit for {name}")
+    _admit(decisions[2], f"this server's limit for {name}")
+    token = await _token(runtime, vault, caller, provider, name)
+    try:
+        return await call(api, token)
+    except ProviderUnauthorized:
+        if vault.cache is not None:
+            vault.cache.forget(caller, provider)
+        await vault.store.mark_needs_reconnect(caller, provider)
+        link = await _link(runtime, vault, caller, provider)
+        raise ToolError(f"{name} no longer accepts your connection; reconnect: {link}") from None
+    except MissingScope as exc:
+        needed = ", ".join(exc.scopes or scopes) or "a permission this tool needs"
+        link = await _link(runtime, vault, caller, provider)
+        raise ToolError(
+            f"your {name} connection is missing scope {needed}; reconnect granting it: {link}"
+        ) from None
+    except CircuitOpen as exc:
+        raise ToolError(
+            f"{name} is unavailable (failing recently); retry in {exc.retry_after:.0f} s"
+        ) from None
+    except ProviderUnavailable as exc:
+        raise ToolError(f"{name} is unavailable right now ({exc.reason}); retry later") from None
+    except ProviderRejected as exc:
+        raise ToolError(str(exc)) from None
+
+
+async def _hit(pending: Awaitable[Decision]) -> Decision | None:
+    """A decision, or None when the limit store is down and the policy is fail-closed."""
+    try:
+        return await pending
+    except LimiterUnavailable:
+        return None
+
+
+def _admit(decision: Decision | None, what: str) -> None:
+    if decision is None:
+        raise ToolError("rate limits cannot be checked right now; retry shortly")
+    if not decision.allowed:
+        raise ToolError(f"rate limit exceeded ({what}: {decision.limit} per "
+                        f"{decision.window_seconds} s); retry in {decision.retry_after} s")
+
+
+async def _token(
+    runtime: ProviderRuntime, vault: Vault, caller: CallerIdentity, provider: str, name: str
+) -> str:
+    try:
+        return await _fresh_token(vault, caller, provider)
+    except NotConnected:
+        link = await _link(runtime, vault, caller, provider)
+        raise ToolError(f"you have not connected {name}; connect it here: {link}") from None
+    except NeedsReconnect:
+        link = await _link(runtime, vault, caller, provider)
+        raise ToolError(f"your {name} connection must be renewed; reconnect: {link}") from None
+    except RefreshFailed:
+        raise ToolError(f"{name} is unavailable right now (token refresh failed); "
+                        "retry later") from None
+    except VaultError:
+        log.error("stored %s connection cannot be opened", provider)
+        link = await _link(runtime, vault, caller, provider)
+        raise ToolError(f"your {name} connection cannot be used; reconnect: {link}") from None
+
+
+async def _fresh_token(vault: Vault, caller: CallerIdentity, provider: str) -> str:
+    """From the sealed-row cache when fresh; else through the refresher (database, lock)."""
+    if vault.cache is not None:
+        bundle = await vault.cache.bundle(caller, provider)
+        if bundle is None:
+            raise NotConnected(provider)
+        if not bundle.expires_within(REFRESH_MARGIN):
+            return bundle.access_token
+        vault.cache.forget(caller, provider)
+    return await vault.refresher.access_token(caller, provider)
+
+
+async def _link(runtime: ProviderRuntime, vault: Vault, caller: CallerIdentity, provider: str
+                ) -> str:
+    return await issue_connect_link(
+        vault.redis, runtime.public_url, caller.org_id, caller.user_id, provider,
+        ttl=runtime.connect_link_ttl,
+    )

@@ -1,0 +1,259 @@
+"""What the connect-flow tests drive: a gateway + mcp_server pair configured with a real OpenID
+provider (npm ``oidc-provider``) as an OAuth provider, and browser stand-ins.
+
+The provider is a second ``oidc-provider`` process, separate from the identity provider the
+gateway trusts for bearer tokens: here Gatehouse is the *client*. It offers two providers,
+``idp`` and ``idp2`` (two client registrations at the same server), so that a code obtained for
+one can be replayed on the other's callback. The gateway's port is chosen before anything
+starts, because the provider must know the exact redirect URIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
+
+import asyncpg
+import httpx
+
+from oauth.connect_links import issue_connect_link
+from oauth.keyring import Keyring
+from oauth.store import ConnectionInfo, TokenStore
+from oauth.vault import TokenBundle
+from resilience import create_redis
+from tests.support.databases import Database
+from tests.support.oidc_provider import OidcProvider
+from tests.support.processes import Server, free_port, wait_healthy
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+CLIENTS = {"idp": ("gatehouse-connect-a", "Test IdP"), "idp2": ("gatehouse-connect-b", "Other IdP")}
+CLIENT_SECRET = "connect-client-secret"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ConnectStack:
+    gateway: Server
+    mcp_server: Server
+    provider: OidcProvider
+    database: Database
+    redis_url: str
+    token_keys: str
+
+    @property
+    def public_url(self) -> str:
+        return self.gateway.url
+
+    def client_auth(self, provider: str = "idp") -> tuple[str, str]:
+        return CLIENTS[provider][0], CLIENT_SECRET
+
+    def new_user(self, idp: OidcProvider, org: str) -> str:
+        """A fresh user, provisioned the usual way: a first request with a bearer token."""
+        name = "u-" + uuid.uuid4().hex[:10]
+        answer = httpx.get(self.public_url + "/v1/sessions",
+                           headers={"Authorization": f"Bearer {idp.access_token(org, name)}"})
+        assert answer.status_code == 200, answer.text
+        return name
+
+    def link(self, org: str, user: str, provider: str = "idp", ttl: int = 600) -> str:
+        """A one-time connect link, as a tool answering "not connected" would issue it."""
+        async def issue() -> str:
+            redis = create_redis(self.redis_url)
+            try:
+                return await issue_connect_link(redis, self.public_url, org, user, provider, ttl)
+            finally:
+                await redis.aclose()
+
+        return _run(issue())
+
+    def _with_store(self, use: Callable[[TokenStore], Awaitable[T]]) -> T:
+        async def run() -> T:
+            pool = await asyncpg.create_pool(self.database.app_url, min_size=1, max_size=1)
+            try:
+                return await use(TokenStore(pool, Keyring.parse(self.token_keys)))
+            finally:
+                await pool.close()
+
+        return _run(run())
+
+    def connection(self, org: str, user: str, provider: str = "idp") -> ConnectionInfo | None:
+        return self._with_store(lambda store: store.info(User(org, user), provider))
+
+    def tokens(self, org: str, user: str, provider: str = "idp") -> TokenBundle | None:
+        return self._with_store(lambda store: store.load(User(org, user), provider))
+
+    def save_tokens(self, org: str, user: str, provider: str, bundle: TokenBundle) -> int:
+        return self._with_store(lambda store: store.save(User(org, user), provider, bundle))
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run on a private loop in a worker thread: callable from sync and async tests alike."""
+    with ThreadPoolExecutor(1) as worker:
+        return worker.submit(asyncio.run, coroutine).result()
+
+
+@dataclass(frozen=True)
+class User:
+    org_id: str
+    user_id: str
+
+
+def _start_on(factory: str, env: dict[str, str], port: int, log_dir: Path, name: str) -> Server:
+    log = log_dir / f"{name}-{port}.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_")} | env
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
+             "--port", str(port), "--no-access-log"],
+            env=full_env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log, env)
+    wait_healthy(server)
+    return server
+
+
+def _clients(public_url: str) -> list[dict[str, object]]:
+    return [
+        {"client_id": client_id, "client_secret": CLIENT_SECRET,
+         "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+         "redirect_uris": [f"{public_url}/oauth/{name}/callback"],
+         "token_endpoint_auth_method": "client_secret_basic"}
+        for name, (client_id, _) in CLIENTS.items()
+    ]
+
+
+@contextmanager
+def connect_stack(
+    database: Database, redis_url: str, internal_public: Path, gateway_env: dict[str, str],
+    work_dir: Path, *, state_ttl: int = 600,
+) -> Iterator[ConnectStack]:
+    port = free_port()
+    public_url = f"http://127.0.0.1:{port}"
+    token_keys = "k1:" + base64.b64encode(secrets.token_bytes(32)).decode()
+    with OidcProvider(clients=_clients(public_url)) as provider:
+        providers = {
+            name: {"discovery_url": provider.discovery_url, "client_id": client_id,
+                   "client_secret": CLIENT_SECRET, "display_name": display,
+                   "scopes": ["openid", "offline_access"]}
+            for name, (client_id, display) in CLIENTS.items()
+        }
+        mcp = _start_on("mcp_server.app:create_app", {
+            "GATEHOUSE_INTERNAL_PUBLIC_KEY_FILE": str(internal_public),
+            "GATEHOUSE_DATABASE_URL": database.app_url, "GATEHOUSE_REDIS_URL": redis_url,
+            "GATEHOUSE_TOKEN_KEYS": token_keys, "GATEHOUSE_PUBLIC_URL": public_url,
+            "GATEHOUSE_PROVIDERS": json.dumps(providers),
+            "GATEHOUSE_CONNECT_STATE_TTL_SECONDS": str(state_ttl),
+        }, free_port(), work_dir, "connect-mcp")
+        try:
+            gateway = _start_on("gateway.app:create_app", {
+                **gateway_env, "GATEHOUSE_PUBLIC_URL": public_url,
+                "GATEHOUSE_MCP_SERVER_URL": mcp.url + "/mcp",
+            }, port, work_dir, "connect-gateway")
+            try:
+                yield ConnectStack(gateway, mcp, provider, database, redis_url, token_keys)
+            finally:
+                gateway.stop()
+        finally:
+            mcp.stop()
+
+
+class GatewayBrowser:
+    """A browser stand-in over httpx: no redirects followed, the session cookie kept by hand."""
+
+    def __init__(self, stack: ConnectStack) -> None:
+        self.stack = stack
+        self.http = httpx.Client(base_url=stack.public_url, follow_redirects=False, timeout=15)
+        self.cookie: str | None = None  # "name=value"
+        self.set_cookie: str | None = None  # the raw Set-Cookie header, attributes included
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _headers(self) -> dict[str, str]:
+        return {"Cookie": self.cookie} if self.cookie else {}
+
+    def open_link(self, link: str) -> httpx.Response:
+        response = self.http.get(link)
+        header = response.headers.get("set-cookie")
+        if header:
+            self.set_cookie = header
+            self.cookie = header.split(";", 1)[0]
+        return response
+
+    def get(self, path: str, **params: str) -> httpx.Response:
+        return self.http.get(path, params=params, headers=self._headers())
+
+    def post(self, path: str, data: dict[str, str], **headers: str) -> httpx.Response:
+        return self.http.post(path, data=data, headers=self._headers() | headers)
+
+    def csrf(self) -> str:
+        page = self.get("/connect")
+        match = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert match, page.text
+        return match[1]
+
+    def start(self, provider: str = "idp") -> str:
+        """Press Connect; the provider's authorization URL the gateway redirects to."""
+        response = self.post(f"/oauth/{provider}/start", {"csrf_token": self.csrf()})
+        assert response.status_code == 303, response.text
+        return response.headers["location"]
+
+    def callback(self, provider: str, query: str) -> httpx.Response:
+        return self.http.get(f"/oauth/{provider}/callback?{query}", headers=self._headers())
+
+    def status_text(self) -> str:
+        page = self.get("/connect").text
+        match = re.search(r'role="status"[^>]*>(.*?)</div>', page, re.S)
+        return match[1] if match else ""
+
+
+def query_of(url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def with_query(url: str, **changes: str | None) -> str:
+    """The query of ``url`` with parameters replaced (or removed, for None)."""
+    query = query_of(url) | {k: v for k, v in changes.items() if v is not None}
+    return urlencode({k: v for k, v in query.items() if changes.get(k, "") is not None})
+
+
+def sign_in_at_provider(authorization_url: str, login: str, *, deny: bool = False) -> str:
+    """Drive oidc-provider's devInteractions (login, then consent) over HTTP; the URL the
+    provider finally redirects to (our callback, with ``code``/``state``/``iss``)."""
+    with httpx.Client(timeout=15, follow_redirects=False) as agent:
+        response = agent.get(authorization_url)
+        for _ in range(12):
+            assert response.status_code in (302, 303), response.text[:500]
+            location = urljoin(str(response.url), response.headers["location"])
+            if "/oauth/" in location and "/callback" in location:
+                return location
+            page = agent.get(location)
+            if page.status_code in (302, 303):
+                response = page
+                continue
+            if 'name="login"' in page.text:
+                form = {"prompt": "login", "login": login, "password": "any"}
+            elif deny:
+                response = agent.get(location + "/abort")
+                continue
+            else:
+                form = {"prompt": "consent"}
+            response = agent.post(location, data=form)
+    raise AssertionError("the provider never redirected back")

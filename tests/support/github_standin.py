@@ -1,0 +1,260 @@
+"""A loopback stand-in for api.github.com (which cannot be reached from here): the only fake.
+
+It serves GitHub's documented REST shapes (2022-11-28) for ``GET /user``, ``GET /user/repos``,
+``GET /search/issues``, ``POST /repos/{owner}/{repo}/issues`` and
+``GET /repos/{owner}/{repo}/contents/{path}`` (base64 content, as GitHub sends it), and
+insists on what GitHub documents: ``Authorization: Bearer <token>`` (else 401 "Bad
+credentials"), ``Accept: application/vnd.github+json`` and ``X-GitHub-Api-Version``.
+Scopes are sent back in ``X-OAuth-Scopes``/``X-Accepted-OAuth-Scopes``; a write without
+``repo`` is refused 403 with those headers.
+
+Tests drive it over HTTP (so it can also run as its own process for benchmarks:
+``python -m tests.support.github_standin --port 9999``):
+
+    POST /_standin/tokens   {"token", "login", "scopes": "repo, read:user", "refresh_token"}
+    POST /_standin/fail     {"token", "status", "count"}  the token's next ``count`` calls fail
+    GET  /_standin/requests?token=...                      what that token's calls looked like
+
+``POST /login/oauth/access_token`` serves GitHub's refresh grant (client id and secret in the
+form, as ``client_secret_post``; errors as HTTP 200 with ``error``, as GitHub does).
+Failures and records are per token, so tests sharing one stand-in do not disturb each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import secrets
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+API_VERSION = "2022-11-28"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+README = "# hello\n\nA repository served by the GitHub stand-in.\n"
+
+
+@dataclass
+class Account:
+    login: str
+    scopes: str
+    fail_status: int = 0
+    fail_count: int = 0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    issues: int = 0
+    refreshes: int = 0
+
+
+def _repo(owner: str, name: str, private: bool, number: int) -> dict[str, Any]:
+    full = f"{owner}/{name}"
+    return {
+        "id": 1000 + number, "node_id": f"R_{number}", "name": name, "full_name": full,
+        "private": private, "owner": {"login": owner, "id": 1, "type": "User"},
+        "html_url": f"https://github.com/{full}", "description": f"{name} repository",
+        "fork": False, "url": f"https://api.github.com/repos/{full}",
+        "default_branch": "main", "visibility": "private" if private else "public",
+        "created_at": "2024-01-01T00:00:00Z", "updated_at": f"2025-0{number}-01T00:00:00Z",
+        "pushed_at": "2025-01-01T00:00:00Z",
+    }
+
+
+def _message(status: int, message: str, **headers: str) -> web.Response:
+    body = {"message": message, "documentation_url": "https://docs.github.com/rest",
+            "status": str(status)}
+    return web.json_response(body, status=status, headers=headers)
+
+
+ACCOUNT = web.RequestKey("account", Account)
+
+
+class GitHubStandIn:
+    def __init__(self, client: tuple[str, str] = ("gatehouse-test", "test-secret")) -> None:
+        self.client = client
+        self.accounts: dict[str, Account] = {}
+        self.refresh_tokens: dict[str, Account] = {}
+        app = web.Application(middlewares=[self._github_rules])
+        app.add_routes([
+            web.post("/_standin/tokens", self._add_token),
+            web.post("/_standin/fail", self._fail),
+            web.get("/_standin/requests", self._requests),
+            web.post("/login/oauth/access_token", self._refresh),
+            web.get("/user", self._user),
+            web.get("/user/repos", self._repos),
+            web.get("/search/issues", self._search),
+            web.post("/repos/{owner}/{repo}/issues", self._create_issue),
+            web.get("/repos/{owner}/{repo}/contents/{path:.+}", self._contents),
+        ])
+        self.app = app
+
+    @web.middleware
+    async def _github_rules(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith(("/_standin/", "/login/")):
+            return await handler(request)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        account = self.accounts.get(token) if scheme == "Bearer" else None
+        if account is None:
+            return _message(401, "Bad credentials")
+        account.requests.append({
+            "method": request.method, "path": request.path, "query": dict(request.query),
+            "accept": request.headers.get("Accept"),
+            "api_version": request.headers.get("X-GitHub-Api-Version"),
+            "json": await request.json() if request.body_exists else None,
+        })
+        if account.fail_count > 0:
+            account.fail_count -= 1
+            return _message(account.fail_status, "Server Error" if account.fail_status >= 500
+                            else "Stand-in failure <script>alert(1)</script>")
+        if request.headers.get("Accept") != "application/vnd.github+json":
+            return _message(415, "Unsupported 'Accept' header")
+        if request.headers.get("X-GitHub-Api-Version") != API_VERSION:
+            return _message(400, "Unsupported API version")
+        request[ACCOUNT] = account
+        response = await handler(request)
+        response.headers["X-OAuth-Scopes"] = account.scopes
+        response.headers["X-GitHub-Api-Version-Selected"] = API_VERSION
+        return response
+
+    async def _add_token(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        account = Account(body["login"], body.get("scopes", "repo"))
+        self.accounts[body["token"]] = account
+        if body.get("refresh_token"):
+            self.refresh_tokens[body["refresh_token"]] = account
+        return web.json_response({"ok": True})
+
+    async def _refresh(self, request: web.Request) -> web.Response:
+        """GitHub's token endpoint for ``grant_type=refresh_token`` (expiring user tokens)."""
+        form = await request.post()
+        if (form.get("client_id"), form.get("client_secret")) != self.client:
+            return web.json_response({"error": "incorrect_client_credentials"})
+        account = self.refresh_tokens.pop(str(form.get("refresh_token")), None)
+        if form.get("grant_type") != "refresh_token" or account is None:
+            return web.json_response({"error": "bad_refresh_token"})  # GitHub answers 200
+        token, refresh = f"ghu_{secrets.token_hex(16)}", f"ghr_{secrets.token_hex(16)}"
+        self.accounts[token] = account
+        self.refresh_tokens[refresh] = account
+        account.refreshes += 1
+        return web.json_response({
+            "access_token": token, "expires_in": 28800, "refresh_token": refresh,
+            "refresh_token_expires_in": 15897600, "scope": "", "token_type": "bearer",
+        })
+
+    async def _fail(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        account = self.accounts[body["token"]]
+        account.fail_status, account.fail_count = int(body["status"]), int(body["count"])
+        return web.json_response({"ok": True})
+
+    async def _requests(self, request: web.Request) -> web.Response:
+        account = self.accounts.get(request.query.get("token", ""))
+        return web.json_response([] if account is None else account.requests)
+
+    async def _user(self, request: web.Request) -> web.Response:
+        login = request[ACCOUNT].login
+        return web.json_response({
+            "login": login, "id": 4242, "node_id": "U_4242", "type": "User",
+            "name": login.title(), "email": f"{login}@example.com",
+            "html_url": f"https://github.com/{login}", "site_admin": False,
+        })
+
+    async def _repos(self, request: web.Request) -> web.Response:
+        login = request[ACCOUNT].login
+        repos = [_repo(login, "hello", False, 1), _repo(login, "secret", True, 2),
+                 _repo("octo-org", "tools", False, 3)]
+        visibility = request.query.get("visibility", "all")
+        if visibility != "all":
+            repos = [r for r in repos if r["visibility"] == visibility]
+        per_page, page = int(request.query.get("per_page", 30)), int(request.query.get("page", 1))
+        return web.json_response(repos[(page - 1) * per_page: page * per_page])
+
+    async def _search(self, request: web.Request) -> web.Response:
+        query = request.query.get("q", "")
+        if not query:
+            return _message(422, "Validation Failed")
+        login = request[ACCOUNT].login
+        items: list[dict[str, Any]] = [{
+            "url": f"https://api.github.com/repos/{login}/hello/issues/{n}",
+            "repository_url": f"https://api.github.com/repos/{login}/hello",
+            "html_url": f"https://github.com/{login}/hello/issues/{n}", "id": 9000 + n,
+            "number": n, "title": f"Issue {n} matching {query}", "state": "open",
+            "user": {"login": login, "id": 4242}, "labels": [], "comments": 0,
+            "created_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-02T00:00:00Z",
+            "body": "details", "score": 1.0,
+        } for n in (1, 2)]
+        return web.json_response(
+            {"total_count": len(items), "incomplete_results": False, "items": items}
+        )
+
+    async def _create_issue(self, request: web.Request) -> web.Response:
+        account = request[ACCOUNT]
+        if "repo" not in [s.strip() for s in account.scopes.split(",")]:
+            return _message(403, "Resource not accessible by integration",
+                            **{"X-Accepted-OAuth-Scopes": "repo"})
+        body = await request.json()
+        if not isinstance(body, dict) or not body.get("title"):
+            return _message(422, "Validation Failed")
+        account.issues += 1
+        owner, repo, number = request.match_info["owner"], request.match_info["repo"], \
+            account.issues
+        return web.json_response({
+            "id": 7000 + number, "node_id": f"I_{number}", "number": number,
+            "url": f"https://api.github.com/repos/{owner}/{repo}/issues/{number}",
+            "html_url": f"https://github.com/{owner}/{repo}/issues/{number}",
+            "title": body["title"], "body": body.get("body"), "state": "open",
+            "labels": [{"name": n} for n in body.get("labels", [])],
+            "user": {"login": account.login}, "created_at": "2025-01-03T00:00:00Z",
+        }, status=201, headers={"Location": f"https://api.github.com/repos/{owner}/{repo}/"
+                                            f"issues/{number}"})
+
+    async def _contents(self, request: web.Request) -> web.Response:
+        owner, repo = request.match_info["owner"], request.match_info["repo"]
+        path = request.match_info["path"]
+        if (repo, path) != ("hello", "README.md"):
+            return _message(404, "Not Found")
+        raw = base64.b64encode(README.encode()).decode()
+        content = "\n".join(raw[i:i + 60] for i in range(0, len(raw), 60)) + "\n"
+        url = f"https://api.github.com/repos/{owner}/{repo}/contents/{path}"
+        return web.json_response({
+            "type": "file", "encoding": "base64", "size": len(README), "name": "README.md",
+            "path": path, "content": content, "sha": "3d21ec53a331a6f037a91c368710b99387d012c1",
+            "url": url, "git_url": None, "download_url": None,
+            "html_url": f"https://github.com/{owner}/{repo}/blob/main/{path}",
+            "_links": {"self": url},
+        })
+
+
+class RunningStandIn:
+    """The stand-in served from a background thread on 127.0.0.1; ``url`` is its base URL."""
+
+    def __init__(self) -> None:
+        self.standin = GitHubStandIn()
+        self._loop = asyncio.new_event_loop()
+        self._runner = web.AppRunner(self.standin.app, access_log=None)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=9999)
+    args = parser.parse_args()
+    web.run_app(GitHubStandIn().app, host="127.0.0.1", port=args.port, access_log=None,
+                print=None)
+
+
+if __name__ == "__main__":
+    main()

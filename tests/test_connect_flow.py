@@ -1,0 +1,124 @@
+"""The whole connect flow in headless Chromium (Playwright) against a real OpenID provider.
+
+A tool's connect link is opened in a browser with no other sign-in; the user presses Connect,
+signs in and consents at ``oidc-provider``, and lands back on ``/connect`` showing whom the
+connection is for and its scopes; an MCP client then uses the connection through the gateway;
+Disconnect revokes the grant at the provider (its refresh token stops working) and deletes it.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastmcp import Client as FastMcpClient
+from fastmcp.client.client import CallToolResult
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.conftest import InternalKeys
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, ConnectStack, connect_stack
+from tests.support.databases import Database
+from tests.support.oidc_provider import OidcProvider
+
+SCREENSHOTS = Path("/tmp")
+
+
+@pytest.fixture(scope="module")
+def stack(
+    database: Database, redis_url: str, internal_keys: InternalKeys,
+    gateway_env: dict[str, str], work_dir: Path,
+) -> Iterator[ConnectStack]:
+    with connect_stack(database, redis_url, internal_keys.public, gateway_env,
+                       work_dir) as running:
+        yield running
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def _whoami(stack: ConnectStack, token: str) -> CallToolResult:
+    async with FastMcpClient(stack.public_url + "/mcp", auth=token) as client:
+        result: CallToolResult = await client.call_tool("idp_whoami", {}, raise_on_error=False)
+    return result
+
+
+def _text(result: CallToolResult) -> str:
+    return " ".join(getattr(part, "text", "") for part in result.content)
+
+
+async def _sign_in_and_consent(page: Page, login: str) -> None:
+    """oidc-provider's devInteractions: a login form (any password), then a consent form."""
+    await page.locator('input[name="login"]').fill(login)
+    await page.locator('input[name="password"]').fill("any password")
+    await page.locator('button[type="submit"]').click()
+    await page.locator('button[type="submit"]', has_text="Continue").click()
+
+
+async def test_connect_use_and_disconnect_in_a_browser(
+    stack: ConnectStack, idp: OidcProvider, browser: Browser
+) -> None:
+    user = "pat-" + uuid.uuid4().hex[:8]
+    token = idp.access_token("acme", user)  # the agent's own bearer token (gateway's issuer)
+    first = httpx.get(stack.public_url + "/v1/sessions",
+                      headers={"Authorization": f"Bearer {token}"})
+    assert first.status_code == 200
+
+    answer = await _whoami(stack, token)
+    assert answer.is_error and "have not connected" in _text(answer)
+    link = re.search(r"http://\S+/connect\?ticket=[\w-]+", _text(answer))
+    assert link is not None  # the tool answered with a one-time connect link
+
+    page = await browser.new_page()
+    await page.goto(link[0])
+    assert page.url == stack.public_url + "/connect"  # the ticket is gone from the address bar
+    await expect(page.get_by_role("heading", name="Connected accounts")).to_be_visible()
+    await expect(page.get_by_text(f"Connecting accounts for user {user}")).to_be_visible()
+
+    await page.get_by_role("button", name="Connect Test IdP").click()
+    await page.wait_for_url(stack.provider.issuer + "/**")
+    await _sign_in_and_consent(page, user)
+
+    await page.wait_for_url(stack.public_url + "/connect")
+    status = page.get_by_role("status")
+    await expect(status).to_contain_text(f"Connected Test IdP as {user}.")
+    card = page.get_by_role("listitem").filter(has_text="Test IdP")
+    await expect(card).to_contain_text(f"Connected as{user}")
+    await expect(card).to_contain_text("openid, offline_access")
+    await expect(card.get_by_role("button", name="Disconnect Test IdP")).to_be_visible()
+    await page.screenshot(path=str(SCREENSHOTS / "gatehouse-connect-connected.png"),
+                          full_page=True)
+
+    bundle = stack.tokens("acme", user)
+    assert bundle is not None and bundle.refresh_token
+    info = stack.connection("acme", user)
+    assert info is not None and info.account == user
+    assert set(info.scopes) == {"openid", "offline_access"}
+
+    answer = await _whoami(stack, token)  # the provider tool now uses the stored grant
+    assert not answer.is_error, _text(answer)
+    assert user in _text(answer)  # the provider's userinfo answer for this very user
+
+    await page.get_by_role("button", name="Disconnect Test IdP").click()
+    await page.wait_for_url(stack.public_url + "/connect")
+    await expect(status).to_contain_text("provider confirmed the revocation")
+    await expect(page.get_by_role("button", name="Connect Test IdP")).to_be_visible()
+    await page.screenshot(path=str(SCREENSHOTS / "gatehouse-connect-disconnected.png"),
+                          full_page=True)
+
+    assert stack.connection("acme", user) is None
+    refresh = httpx.post(stack.provider.token_url, auth=stack.client_auth(), data={
+        "grant_type": "refresh_token", "refresh_token": bundle.refresh_token})
+    assert refresh.status_code == 400 and refresh.json()["error"] == "invalid_grant"

@@ -1,0 +1,360 @@
+"""Provider tools end to end: a real MCP client, the gateway, mcp_server, PostgreSQL, Redis and
+a loopback GitHub stand-in serving GitHub's documented shapes (the only fake)."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastmcp import Client
+from mcp_types import TextContent
+from redis.asyncio import Redis
+
+from oauth.connect_links import redeem_connect_ticket
+from oauth.keyring import Keyring
+from oauth.store import TokenStore
+from oauth.vault import TokenBundle
+from sql import QUERIES, create_pool, rls_transaction
+from tests.conftest import GatewayFactory
+from tests.support.databases import Database
+from tests.support.oidc_provider import OidcProvider
+from tests.support.processes import Server, start_uvicorn
+
+LINK = re.compile(r"https://gatehouse\.test/connect\?ticket=([A-Za-z0-9_-]{43})")
+
+
+@dataclass(frozen=True)
+class Who:
+    org_id: str
+    user_id: str
+
+
+@dataclass(frozen=True)
+class Env:
+    store: TokenStore
+    pool: asyncpg.Pool
+    standin: str
+    idp: OidcProvider
+    redis: Redis
+
+
+@pytest.fixture(scope="module")
+async def env(
+    mcp_server: Server, database: Database, redis_url: str, idp: OidcProvider
+) -> AsyncIterator[Env]:
+    pool = await create_pool(database.app_url)
+    redis = Redis.from_url(redis_url)
+    keyring = Keyring.parse(mcp_server.env["GATEHOUSE_TOKEN_KEYS"])
+    standin = json.loads(mcp_server.env["GATEHOUSE_PROVIDERS"])["github"]["api_base_url"]
+    try:
+        yield Env(TokenStore(pool, keyring), pool, standin, idp, redis)
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+async def new_user(env: Env) -> Who:
+    who = Who("acme", f"user-{uuid.uuid4().hex[:10]}")
+    async with rls_transaction(env.pool, who) as conn:
+        await conn.fetchval(QUERIES["provision_principal"], who.org_id, who.user_id, ["member"])
+    return who
+
+
+async def connect(env: Env, who: Who, *, scopes: str = "repo, read:user",
+                  register: bool = True, expires_in: timedelta = timedelta(hours=8)) -> str:
+    """Store a GitHub connection for ``who`` and (unless told not to) make the stand-in
+    accept its token and refresh token; returns the access token."""
+    token, refresh = f"gho_{secrets.token_hex(16)}", f"ghr_{secrets.token_hex(16)}"
+    bundle = TokenBundle(token, refresh, datetime.now(UTC) + expires_in,
+                         tuple(scopes.split(", ")))
+    await env.store.save(who, "github", bundle, account=who.user_id)
+    if register:
+        httpx.post(env.standin + "/_standin/tokens", json={
+            "token": token, "login": who.user_id, "scopes": scopes, "refresh_token": refresh,
+        }).raise_for_status()
+    return token
+
+
+def requests_of(env: Env, token: str) -> list[dict[str, Any]]:
+    response = httpx.get(env.standin + "/_standin/requests", params={"token": token})
+    data: list[dict[str, Any]] = response.json()
+    return data
+
+
+def fail(env: Env, token: str, status: int, count: int) -> None:
+    httpx.post(env.standin + "/_standin/fail",
+               json={"token": token, "status": status, "count": count}).raise_for_status()
+
+
+def text(result: Any) -> str:
+    content = result.content[0]
+    assert isinstance(content, TextContent)
+    return content.text
+
+
+async def call(gateway: Server, env: Env, who: Who, tool: str, **arguments: Any) -> Any:
+    token = env.idp.access_token(who.org_id, who.user_id, ["member"])
+    async with Client(gateway.url + "/mcp", auth=token) as client:
+        return await client.call_tool(tool, arguments, raise_on_error=False)
+
+
+# -- happy paths ------------------------------------------------------------------------------
+
+
+async def test_tools_are_listed_with_declared_scopes(gateway: Server, env: Env) -> None:
+    who = await new_user(env)
+    token = env.idp.access_token(who.org_id, who.user_id, ["member"])
+    async with Client(gateway.url + "/mcp", auth=token) as client:
+        tools = {tool.name: tool for tool in await client.list_tools()}
+    for name in ("github_whoami", "github_list_repositories", "github_search_issues",
+                 "github_create_issue", "github_get_file_contents", "google_whoami",
+                 "google_list_calendar_events", "slack_post_message", "slack_whoami",
+                 "microsoft_whoami", "atlassian_whoami", "notion_whoami", "echo"):
+        assert name in tools
+    assert "Needs scope: repo" in (tools["github_create_issue"].description or "")
+
+
+async def test_whoami_calls_github_with_the_users_token(gateway: Server, env: Env) -> None:
+    who = await new_user(env)
+    token = await connect(env, who)
+    result = await call(gateway, env, who, "github_whoami")
+    assert not result.is_error
+    assert result.structured_content["login"] == who.user_id
+    [seen] = requests_of(env, token)
+    assert seen["method"] == "GET" and seen["path"] == "/user"
+    assert seen["accept"] == "application/vnd.github+json"
+    assert seen["api_version"] == "2022-11-28"
+
+
+async def test_list_repositories_sends_query_and_shapes_results(
+    gateway: Server, env: Env
+) -> None:
+    who = await new_user(env)
+    token = await connect(env, who)
+    result = await call(gateway, env, who, "github_list_repositories", visibility="public",
+                        per_page=10)
+    assert not result.is_error
+    repos = result.structured_content["result"]
+    assert [r["full_name"] for r in repos] == [f"{who.user_id}/hello", "octo-org/tools"]
+    assert set(repos[0]) == {"full_name", "private", "html_url", "description",
+                             "default_branch", "updated_at"}
+    [seen] = requests_of(env, token)
+    assert seen["path"] == "/user/repos"
+    assert seen["query"] == {"visibility": "public", "sort": "updated", "per_page": "10",
+                             "page": "1"}
+
+
+async def test_search_issues(gateway: Server, env: Env) -> None:
+    who = await new_user(env)
+    token = await connect(env, who)
+    result = await call(gateway, env, who, "github_search_issues", query="is:open label:bug")
+    assert not result.is_error
+    found = result.structured_content
+    assert found["total_count"] == 2
+    assert found["items"][0]["repository"] == f"{who.user_id}/hello"
+    assert found["items"][0]["author"] == who.user_id
+    assert requests_of(env, token)[0]["query"]["q"] == "is:open label:bug"
+
+
+async def test_create_issue_posts_githubs_request_shape(gateway: Server, env: Env) -> None:
+    who = await new_user(env)
+    token = await connect(env, who)
+    result = await call(gateway, env, who, "github_create_issue", owner="octo-org",
+                        repo="tools", title="Broken build", body="It fails.", labels=["bug"])
+    assert not result.is_error
+    assert result.structured_content["number"] == 1
+    assert result.structured_content["html_url"] == "https://github.com/octo-org/tools/issues/1"
+    [seen] = requests_of(env, token)
+    assert (seen["method"], seen["path"]) == ("POST", "/repos/octo-org/tools/issues")
+    assert seen["json"] == {"title": "Broken build", "body": "It fails.", "labels": ["bug"]}
+
+
+async def test_get_file_contents_decodes_base64(gateway: Server, env: Env) -> None:
+    who = await new_user(env)
+    token = await connect(env, who)
+    result = await call(gateway, env, who, "github_get_file_contents", owner=who.user_id,
+                        repo="hello", path="README.md", ref="main")
+    assert not result.is_error
+    assert result.structured_content["text"].startswith("# hello\n")
+    assert result.structured_content["sha"]
+    [seen] = requests_of(env, token)
+    assert seen["path"] == f"/repos/{who.user_id}/hello/contents/README.md"
+    assert seen["query"] == {"ref": "main"}
+
+
+async def test_a_token_due_for_refresh_is_refreshed_at_the_token_endpoint(
+    gateway: Server, env: Env
+) -> None:
+    """The lifespan wires GitHub's token endpoint (client_secret_post) into the refresher."""
+    who = await new_user(env)
+    old = await connect(env, who, expires_in=timedelta(seconds=30))  # inside the 60 s margin
+    result = await call(gateway, env, who, "github_whoami")
+    assert not result.is_error, text(result)
+    stored = await env.store.load(who, "github")
+    assert stored is not None and stored.access_token != old
+    assert stored.access_token.startswith("ghu_") and not stored.expires_within(3600)
+    assert [r["path"] for r in requests_of(env, old)] == ["/user"]  # made with the new token
+
+
+async def test_path_traversal_in_arguments_is_refused(gateway: Server, env: Env) -> None:
+    who = await new_user(env)
+    token = await connect(env, who)
+    result = await call(gateway, env, who, "github_get_file_contents", owner=who.user_id,
+                        repo="hello", path="../../../user")
+    assert result.is_error and "'..'" in text(result)
+    bad_owner = await call(gateway, env, who, "github_create_issue", owner="a/b", repo="c",
+                           title="x")
+    assert bad_owner.is_error
+    assert requests_of(env, token) == []
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+async def test_not_connected_answers_a_one_time_connect_link(gateway: Server, env: Env) -> None:
+    who = await new_user(env)
+    result = await call(gateway, env, who, "github_whoami")
+    assert result.is_error
+    assert "not connected GitHub" in text(result)
+    match = LINK.search(text(result))
+    assert match is not None
+    ticket = match.group(1)
+    assert await redeem_connect_ticket(env.redis, ticket) == {
+        "org": who.org_id, "user": who.user_id, "provider": "github"}
+    assert await redeem_connect_ticket(env.redis, ticket) is None
+    assert await redeem_connect_ticket(env.redis, "not-a-ticket") is None
+
+
+async def test_401_marks_needs_reconnect_and_links(
+    gateway: Server, env: Env, mcp_server: Server
+) -> None:
+    who = await new_user(env)
+    token = await connect(env, who, register=False)  # the stand-in answers 401 Bad credentials
+    result = await call(gateway, env, who, "github_whoami")
+    assert result.is_error and LINK.search(text(result))
+    assert "no longer accepts" in text(result)
+    assert token not in text(result)
+    info = await env.store.info(who, "github")
+    assert info is not None and info.needs_reconnect
+    again = await call(gateway, env, who, "github_whoami")
+    assert again.is_error and "must be renewed" in text(again) and LINK.search(text(again))
+    assert len(requests_of(env, token)) == 0  # unregistered: the stand-in kept no record
+    assert token not in mcp_server.log_text()
+
+
+async def test_missing_scope_is_named(gateway: Server, env: Env) -> None:
+    who = await new_user(env)
+    await connect(env, who, scopes="read:user")
+    result = await call(gateway, env, who, "github_create_issue", owner="o", repo="r",
+                        title="t")
+    assert result.is_error
+    assert "missing scope repo" in text(result) and LINK.search(text(result))
+
+
+async def test_provider_error_bodies_are_not_reflected(gateway: Server, env: Env) -> None:
+    who = await new_user(env)
+    token = await connect(env, who)
+    fail(env, token, 418, 1)
+    result = await call(gateway, env, who, "github_whoami")
+    assert result.is_error
+    assert text(result) == "GitHub refused the request: HTTP 418"
+    missing = await call(gateway, env, who, "github_get_file_contents", owner="o", repo="r",
+                         path="nope.txt")
+    assert missing.is_error and "HTTP 404" in text(missing) and "Not Found" not in text(missing)
+
+
+async def test_unconfigured_provider_says_so(gateway: Server, env: Env) -> None:
+    who = await new_user(env)
+    result = await call(gateway, env, who, "google_list_calendar_events")
+    assert result.is_error
+    assert text(result) == "provider 'google' is not configured on this Gatehouse server"
+
+
+# -- breaker and limits, on a stack of their own (their state must not leak into other tests) ----
+
+
+@pytest.fixture(scope="module")
+def strict_gateway(
+    mcp_server: Server, start_gateway: GatewayFactory, work_dir: Any
+) -> Iterator[Server]:
+    overrides = {
+        "GATEHOUSE_RESILIENCE_NAMESPACE": f"strict-{uuid.uuid4().hex[:8]}",
+        "GATEHOUSE_BREAKER_FAILURE_THRESHOLD": "3",
+        "GATEHOUSE_BREAKER_RESET_SECONDS": "60",
+        "GATEHOUSE_TOOL_RATE_LIMITS": json.dumps({"github_search_issues": "3/minute"}),
+    }
+    strict = start_uvicorn("mcp_server.app:create_app", {**mcp_server.env, **overrides},
+                           work_dir, "mcp_server_strict")
+    try:
+        yield start_gateway(mcp_server_url=strict.url + "/mcp")
+    finally:
+        strict.stop()
+
+
+async def test_user_tool_rate_limit_is_a_clear_error(strict_gateway: Server, env: Env) -> None:
+    who = await new_user(env)
+    token = await connect(env, who)
+    for _ in range(3):
+        assert not (await call(strict_gateway, env, who, "github_search_issues", query="x")
+                    ).is_error
+    limited = await call(strict_gateway, env, who, "github_search_issues", query="x")
+    assert limited.is_error
+    assert re.search(r"rate limit exceeded \(your limit for github_search_issues: 3 per 60 s\);"
+                     r" retry in \d+ s", text(limited))
+    assert len(requests_of(env, token)) == 3
+    other = await new_user(env)  # another user's budget is untouched
+    await connect(env, other)
+    assert not (await call(strict_gateway, env, other, "github_search_issues", query="x")
+                ).is_error
+
+
+async def test_breaker_opens_on_5xx_not_on_4xx(strict_gateway: Server, env: Env) -> None:
+    who = await new_user(env)
+    token = await connect(env, who)
+    for _ in range(4):  # business errors: the provider answered
+        missing = await call(strict_gateway, env, who, "github_get_file_contents", owner="o",
+                             repo="r", path="missing.txt")
+        assert "HTTP 404" in text(missing)
+    fail(env, token, 502, 100)
+    for _ in range(3):
+        failed = await call(strict_gateway, env, who, "github_whoami")
+        assert failed.is_error and "GitHub is unavailable right now" in text(failed)
+    before = len(requests_of(env, token))
+    fast = await call(strict_gateway, env, who, "github_whoami")
+    assert fast.is_error
+    assert re.search(r"GitHub is unavailable \(failing recently\); retry in \d+ s", text(fast))
+    assert len(requests_of(env, token)) == before  # refused without calling GitHub
+
+
+async def test_server_without_vault_settings_starts_and_says_not_configured(
+    internal_keys: Any, work_dir: Any
+) -> None:
+    """Only the assertion key: echo works, provider tools answer "not configured"."""
+    from oauth.assertion import AssertionSigner, CallerIdentity
+    from oauth.keys import load_private_key
+
+    bare = start_uvicorn("mcp_server.app:create_app",
+                         {"GATEHOUSE_INTERNAL_PUBLIC_KEY_FILE": str(internal_keys.public)},
+                         work_dir, "mcp_server_bare")
+    try:
+        signer = AssertionSigner(load_private_key(internal_keys.private.read_bytes()))
+        headers = {"Authorization": "Bearer " + signer.sign(CallerIdentity("acme", "bob", "r1")),
+                   "Accept": "application/json, text/event-stream"}
+        answers = []
+        for tool, arguments in (("echo", {"text": "hi"}), ("github_whoami", {})):
+            body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                    "params": {"name": tool, "arguments": arguments}}
+            answers.append(httpx.post(bare.url + "/mcp", json=body, headers=headers).text)
+    finally:
+        bare.stop()
+    assert '"text":"hi"' in answers[0].replace(" ", "")
+    assert "provider 'github' is not configured on this Gatehouse server" in answers[1]
