@@ -8,8 +8,11 @@ never travel to another host), and turns the provider's answer into one of:
 * a parsed JSON document (success);
 * :class:`ProviderUnauthorized` — the token is no longer accepted (401; Slack ``invalid_auth``);
 * :class:`MissingScope` — 403 naming (or implying) scopes the token lacks;
-* :class:`ProviderUnavailable` — 429, 5xx, timeouts and connection failures: these, and only
+* :class:`ProviderUnavailable` — 5xx, timeouts and connection failures: these, and only
   these, count as breaker failures; 4xx answers are business errors and never trip it;
+* :class:`ProviderRateLimited` — 429 (or GitHub's exhausted-quota 403): unavailable for this
+  token for now, but a quota is per user or per app, so it must not open the breaker that
+  every organisation shares;
 * :class:`ProviderRejected` — any other refusal, by status code only.
 
 Provider bodies are never copied into error messages (SECURITY 53), except Slack's documented
@@ -68,6 +71,10 @@ class ProviderUnavailable(ProviderCallError):
         self.reason = reason
 
 
+class ProviderRateLimited(ProviderUnavailable):
+    """The provider's quota for this token (or app) is spent; retry after a while."""
+
+
 class ProviderRejected(ProviderCallError):
     """The provider refused this request (a business error, e.g. 404 or 422)."""
 
@@ -79,7 +86,7 @@ class ProviderRejected(ProviderCallError):
 
 
 def is_breaker_failure(exc: Exception) -> bool:
-    return isinstance(exc, ProviderUnavailable)
+    return isinstance(exc, ProviderUnavailable) and not isinstance(exc, ProviderRateLimited)
 
 
 class ProviderApi:
@@ -150,7 +157,9 @@ class ProviderApi:
         name = self.spec.display_name
         if status == 401:
             raise ProviderUnauthorized(f"{name} no longer accepts this connection's token")
-        if status == 429 or status >= 500:
+        if status == 429:
+            raise ProviderRateLimited(name, "rate limited, HTTP 429")
+        if status >= 500:
             raise ProviderUnavailable(name, f"HTTP {status}")
         if status == 403:
             self._raise_forbidden(headers)
@@ -166,7 +175,7 @@ class ProviderApi:
     def _raise_forbidden(self, headers: CIMultiDictProxy[str]) -> None:
         name = self.spec.display_name
         if headers.get("X-RateLimit-Remaining") == "0" or "Retry-After" in headers:
-            raise ProviderUnavailable(name, "rate limited, HTTP 403")
+            raise ProviderRateLimited(name, "rate limited, HTTP 403")
         accepted = _split(headers.get("X-Accepted-OAuth-Scopes", ""))
         granted = set(_split(headers.get("X-OAuth-Scopes", "")))
         if accepted and not granted.intersection(accepted):
@@ -189,7 +198,9 @@ def _check_slack(name: str, document: Any) -> None:
     if code == "missing_scope":
         needed = str(document.get("needed", ""))
         raise MissingScope(name, tuple(s for s in needed.split(",") if _SCOPE.match(s)))
-    if code in ("ratelimited", "service_unavailable", "fatal_error", "internal_error"):
+    if code == "ratelimited":
+        raise ProviderRateLimited(name, code)
+    if code in ("service_unavailable", "fatal_error", "internal_error"):
         raise ProviderUnavailable(name, code)
     raise ProviderRejected(name, 200, code if _CODE.match(code) else None)
 

@@ -65,6 +65,10 @@ def lock_key(namespace: str, tenant: Tenant, provider: str) -> str:
     return ":".join((namespace, *(quote(p, safe="") for p in parts)))
 
 
+# The grant is gone for good: RFC 6749's invalid_grant, and GitHub's spelling of it.
+_GRANT_GONE = frozenset({"invalid_grant", "bad_refresh_token"})
+
+
 class Refresher:
     def __init__(
         self,
@@ -159,7 +163,7 @@ class Refresher:
             async with asyncio.timeout(self._call_timeout):
                 return await grant(refresh_token)
         except TokenEndpointError as exc:
-            if exc.error == "invalid_grant":
+            if exc.error in _GRANT_GONE:
                 await self._store.mark_needs_reconnect(tenant, provider, version=stored.version)
                 raise NeedsReconnect(provider) from None
             failure = f"provider refused the refresh: {exc.error[:64]!r}"

@@ -78,7 +78,8 @@ class TokenEndpoint:
     async def refresh(self, refresh_token: str) -> TokenResponse:
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
         status, document = await self._post(self._token_url, form)
-        if status != 200:
+        # Some providers (GitHub) answer a refused refresh with 200 and an ``error`` member.
+        if status != 200 or (isinstance(document, dict) and "error" in document):
             raise _error(status, document)
         return TokenResponse.parse(document)
 

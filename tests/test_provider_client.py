@@ -144,8 +144,9 @@ async def test_slack_style_errors(server: Loopback, redis: Redis) -> None:
 async def test_only_unavailability_trips_the_breaker(server: Loopback, redis: Redis) -> None:
     async with aiohttp.ClientSession() as http:
         client = api(http, redis, server.url)
-        for path in ("/404", "/401", "/403-github", "/404"):
-            with pytest.raises((ProviderRejected, ProviderUnauthorized, MissingScope)):
+        for path in ("/404", "/401", "/403-github", "/404", "/429", "/403-rate", "/429"):
+            with pytest.raises((ProviderRejected, ProviderUnauthorized, MissingScope,
+                                ProviderUnavailable)):
                 await client.request("t", "GET", server.url + path)
         breaker = client._breaker
         assert await breaker.state() is BreakerState.CLOSED

@@ -63,6 +63,8 @@ class TokenServer:
         await asyncio.sleep(self.delay)
         if refresh.startswith("dead"):
             return web.json_response({"error": "invalid_grant"}, status=400)
+        if refresh.startswith("github-dead"):  # GitHub's style: HTTP 200 carrying an error
+            return web.json_response({"error": "bad_refresh_token"}, status=200)
         if refresh.startswith("flaky"):
             return web.json_response({"error": "temporarily_unavailable"}, status=503)
         return web.json_response(
@@ -301,11 +303,12 @@ async def test_waiting_is_bounded(env: Env, redis: Redis, http: aiohttp.ClientSe
     assert time.monotonic() - started < 1.5 and env.server.calls(rt) == 0
 
 
+@pytest.mark.parametrize("prefix", ["dead", "github-dead"])
 async def test_invalid_grant_marks_needs_reconnect_without_retry(
-    env: Env, redis: Redis, http: aiohttp.ClientSession
+    env: Env, redis: Redis, http: aiohttp.ClientSession, prefix: str
 ) -> None:
     """SECURITY 31: one provider call, every caller told to reconnect, the row is marked."""
-    rt = f"dead-{uuid.uuid4().hex}"
+    rt = f"{prefix}-{uuid.uuid4().hex}"
     who = await connect(env, rt)
     ref = refresher(env, redis, http, namespace())
     results = await asyncio.gather(
