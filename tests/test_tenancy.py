@@ -416,3 +416,21 @@ def test_values_postgres_cannot_store_are_422_not_500(gateway: Server, world: Wo
     for cursor in ("\u00b2", "9223372036854775808"):
         assert api(gateway, world.admin_a, "GET", "/v1/audit",
                    params={"cursor": cursor}).status_code == 422
+
+
+async def test_graceful_shutdown_flushes_queued_tool_call_events(
+    start_gateway: Any, world: World, database: Database
+) -> None:
+    slow = start_gateway(audit_flush_seconds="3600")  # nothing is flushed on a timer
+    session = create(slow, world.member_a)["id"]
+    await call_whoami(f"{slow.url}/mcp/{session}", world.member_a.token)
+    conn = await asyncpg.connect(database.admin_url)
+    try:
+        query = ("SELECT count(*) FROM audit_log WHERE event = 'tool.call'"
+                 " AND details->>'session_id' = $1")
+        assert await conn.fetchval(query, session) == 0
+        slow.stop()  # SIGTERM: uvicorn ends the lifespan, which flushes what is queued
+        assert "Application shutdown complete" in slow.log_text()
+        assert await conn.fetchval(query, session) == 1
+    finally:
+        await conn.close()
