@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 from mcp_server import connect_routes, provider_tools, tools
 from mcp_server.auth import AssertionMiddleware
 from mcp_server.lifespan import RuntimeHolder, lifespan_for
+from mcp_server.provider_runner import UrlElicitationOffer
 from mcp_server.scope import SessionToolScope
 from mcp_server.settings import McpServerSettings
 from oauth.assertion import AssertionVerifier
@@ -26,8 +27,12 @@ def build_mcp(settings: McpServerSettings) -> FastMCP:
     """The tools, the connect flow's internal routes, and the lifespan that builds the
     provider runtime both use."""
     holder = RuntimeHolder()
-    mcp = FastMCP("gatehouse", instructions=INSTRUCTIONS, middleware=[SessionToolScope()],
-                  lifespan=lifespan_for(settings, holder))
+    mcp = FastMCP(
+        "gatehouse",
+        instructions=INSTRUCTIONS,
+        middleware=[SessionToolScope(), UrlElicitationOffer()],
+        lifespan=lifespan_for(settings, holder),
+    )
     tools.register(mcp)
     provider_tools.register(mcp, settings.providers)
     connect_routes.register(mcp, holder, settings.connect_state_ttl_seconds)

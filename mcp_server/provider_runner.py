@@ -18,17 +18,32 @@ Every failure becomes a :class:`ToolError` whose text a person can act on:
 * the provider refused the request (status code only: bodies are never reflected).
 
 No message contains a token; unexpected exceptions are logged by type only.
+
+Link answers are :class:`ConnectRequired`. On protocol 2025-11-25 :class:`UrlElicitationOffer`
+(a FastMCP middleware: FastMCP turns any exception raised *inside* a tool into an ``isError``
+result, but lets an ``MCPError`` raised by middleware reach the wire) also offers the link as
+URL-mode elicitation: JSON-RPC error -32042 with ``{"elicitations": [{"mode": "url", ...}]}``,
+the only way a stateless server can (it cannot send ``elicitation/create``). Only when the client
+declared ``elicitation.url``: a stateless server never sees ``initialize``, so the declaration is
+read from the request's ``_meta["io.modelcontextprotocol/clientCapabilities"]`` (or from the
+handshake, had the server kept it). Otherwise, and always on 2026-07-28 (which removed -32042),
+the answer stays the plain tool error with the link.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import mcp_types as mt
 from fastmcp import Context
 from fastmcp.exceptions import ToolError
+from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
+from fastmcp.tools import ToolResult
+from mcp.shared.exceptions import UrlElicitationRequiredError
 
 from mcp_server.auth import current_caller
 from mcp_server.lifespan import REFRESH_MARGIN, RUNTIME_KEY, ProviderRuntime, Vault
@@ -47,6 +62,49 @@ from resilience import CircuitOpen, Decision, LimiterUnavailable
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ProviderCall = Callable[[ProviderApi, str], Awaitable[T]]
+URL_ELICITATION_VERSIONS = frozenset({"2025-11-25"})  # -32042 exists in these versions only
+
+
+class ConnectRequired(ToolError):
+    """An answer the user acts on by opening ``url`` (connect, reconnect, grant a scope)."""
+
+    def __init__(self, reason: str, url: str) -> None:
+        super().__init__(f"{reason}: {url}")
+        self.reason = reason
+        self.url = url
+
+
+class UrlElicitationOffer(Middleware):
+    """Re-raise :class:`ConnectRequired` as URL elicitation for clients that declared it."""
+
+    async def on_call_tool(
+        self,
+        context: MiddlewareContext[mt.CallToolRequestParams],
+        call_next: CallNext[mt.CallToolRequestParams, ToolResult],
+    ) -> ToolResult:
+        try:
+            return await call_next(context)
+        except ConnectRequired as exc:
+            ctx = context.fastmcp_context
+            request = None if ctx is None else ctx.request_context
+            if request is None or request.protocol_version not in URL_ELICITATION_VERSIONS:
+                raise
+            if not _declares_url_elicitation(request.session.client_capabilities, request.meta):
+                raise
+            elicitation = mt.ElicitRequestURLParams(
+                message=exc.reason, url=exc.url, elicitation_id=secrets.token_urlsafe(16)
+            )
+            raise UrlElicitationRequiredError([elicitation], exc.reason) from None
+
+
+def _declares_url_elicitation(
+    handshake: mt.ClientCapabilities | None, meta: dict[str, Any] | None
+) -> bool:
+    if handshake is not None:
+        return handshake.elicitation is not None and handshake.elicitation.url is not None
+    declared = (meta or {}).get(mt.CLIENT_CAPABILITIES_META_KEY)
+    elicitation = declared.get("elicitation") if isinstance(declared, dict) else None
+    return isinstance(elicitation, dict) and isinstance(elicitation.get("url"), dict)
 
 
 def _runtime(ctx: Context) -> ProviderRuntime | None:
@@ -94,12 +152,13 @@ async def _run(
             vault.cache.forget(caller, provider)
         await vault.store.mark_needs_reconnect(caller, provider)
         link = await _link(runtime, vault, caller, provider)
-        raise ToolError(f"{name} no longer accepts your connection; reconnect: {link}") from None
+        raise ConnectRequired(f"{name} no longer accepts your connection; reconnect", link
+                              ) from None
     except MissingScope as exc:
         needed = ", ".join(exc.scopes or scopes) or "a permission this tool needs"
         link = await _link(runtime, vault, caller, provider)
-        raise ToolError(
-            f"your {name} connection is missing scope {needed}; reconnect granting it: {link}"
+        raise ConnectRequired(
+            f"your {name} connection is missing scope {needed}; reconnect granting it", link
         ) from None
     except CircuitOpen as exc:
         raise ToolError(
@@ -134,17 +193,19 @@ async def _token(
         return await _fresh_token(vault, caller, provider)
     except NotConnected:
         link = await _link(runtime, vault, caller, provider)
-        raise ToolError(f"you have not connected {name}; connect it here: {link}") from None
+        raise ConnectRequired(f"you have not connected {name}; connect it here", link) from None
     except NeedsReconnect:
         link = await _link(runtime, vault, caller, provider)
-        raise ToolError(f"your {name} connection must be renewed; reconnect: {link}") from None
+        raise ConnectRequired(f"your {name} connection must be renewed; reconnect", link
+                              ) from None
     except RefreshFailed:
         raise ToolError(f"{name} is unavailable right now (token refresh failed); "
                         "retry later") from None
     except VaultError:
         log.error("stored %s connection cannot be opened", provider)
         link = await _link(runtime, vault, caller, provider)
-        raise ToolError(f"your {name} connection cannot be used; reconnect: {link}") from None
+        raise ConnectRequired(f"your {name} connection cannot be used; reconnect", link
+                              ) from None
 
 
 async def _fresh_token(vault: Vault, caller: CallerIdentity, provider: str) -> str:
