@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from redis.asyncio import Redis
 
 from resilience import BreakerState, CircuitBreaker, CircuitOpen, ResilienceError, create_redis
 
-REDIS_URL = os.environ.get("GATEHOUSE_TEST_BREAKER_REDIS_URL", "redis://127.0.0.1:6379/14")
+REDIS_URL = ""  # the session's test Redis; set by _use_session_redis before any test runs
 ROOT = Path(__file__).resolve().parent.parent
 RESET = 60.0
 START = 1_000_000.0
@@ -83,6 +82,13 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> Non
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.005)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _use_session_redis(redis_url: str) -> None:
+    """Module helpers (``child``) and fixtures share one URL: the suite's Redis."""
+    global REDIS_URL
+    REDIS_URL = redis_url
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -32,10 +31,9 @@ from oauth.refresh import Refresher, lock_key
 from oauth.store import TokenStore
 from oauth.token_endpoint import ClientCredentials, TokenEndpoint
 from oauth.vault import TokenBundle
-from sql import QUERIES, apply_migrations, create_pool, rls_transaction
+from sql import QUERIES, create_pool, rls_transaction
+from tests.support.databases import Database, scratch_database
 
-SERVER = "postgresql://postgres@127.0.0.1/postgres"
-REDIS_URL = "redis://127.0.0.1:6379/13"
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -91,25 +89,11 @@ class Env:
     pool: asyncpg.Pool
     keyring_config: str
     server: TokenServer
-
-
-def with_database(url: str, name: str, user: str | None = None) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc if user is None else f"{user}@{parts.netloc.rpartition('@')[2]}"
-    return urlunsplit(parts._replace(path="/" + name, netloc=netloc))
-
-
-async def server_execute(statement: str) -> None:
-    conn = await asyncpg.connect(SERVER)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
+    redis_url: str
 
 
 @pytest.fixture(scope="module")
-async def env() -> AsyncIterator[Env]:
-    name = f"gatehouse_vault_{uuid.uuid4().hex[:10]}"
+async def env(database: Database, redis_url: str) -> AsyncIterator[Env]:
     server = TokenServer()
     app = web.Application()
     app.router.add_post("/token", server.token)
@@ -119,23 +103,20 @@ async def env() -> AsyncIterator[Env]:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]
     server.url = f"http://{host}:{port}"
-    await server_execute(f'CREATE DATABASE "{name}"')
     try:
-        await apply_migrations(with_database(SERVER, name))
-        app_url = with_database(SERVER, name, "gatehouse_app")
-        pool = await create_pool(app_url, max_size=20)
-        try:
-            yield Env(app_url, pool, generate_entry("k1"), server)
-        finally:
-            await pool.close()
+        async with scratch_database(database.admin_url, "gatehouse_refresh") as scratch:
+            pool = await create_pool(scratch.app_url, max_size=20)
+            try:
+                yield Env(scratch.app_url, pool, generate_entry("k1"), server, redis_url)
+            finally:
+                await pool.close()
     finally:
-        await server_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await runner.cleanup()
 
 
 @pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+async def redis(env: Env) -> AsyncIterator[Redis]:
+    client = Redis.from_url(env.redis_url, socket_timeout=1, socket_connect_timeout=1)
     yield client
     await client.aclose()
 
@@ -207,9 +188,9 @@ async def test_fifty_concurrent_callers_cause_one_refresh(
 
 async def _worker(args: list[str]) -> None:
     """Child process of the two-process test: 25 callers once the parent says go."""
-    app_url, keyring_config, token_url, ns, org, user = args
+    app_url, redis_url, keyring_config, token_url, ns, org, user = args
     pool = await create_pool(app_url, max_size=10)
-    client = Redis.from_url(REDIS_URL, socket_timeout=1)
+    client = Redis.from_url(redis_url, socket_timeout=1)
     async with aiohttp.ClientSession() as session:
         store = TokenStore(pool, Keyring.parse(keyring_config))
         token_endpoint = TokenEndpoint(session, token_url, ClientCredentials("gatehouse", "s"))
@@ -237,7 +218,8 @@ async def test_fifty_callers_across_two_processes_cause_one_refresh(
         " asyncio.run(_worker(sys.argv[1:]))"
     )
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, env.app_url, env.keyring_config, env.server.url + "/token",
+        sys.executable, "-c", code, env.app_url, env.redis_url, env.keyring_config,
+        env.server.url + "/token",
         ns, who.org_id, who.user_id,
         cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -24,9 +23,8 @@ from oauth.keyring import Keyring, generate_entry
 from oauth.rotation import rotate
 from oauth.store import TokenStore
 from oauth.vault import NONCE_BYTES, ConnectionRef, Sealed, TokenBundle, Vault, associated_data
-from sql import QUERIES, DatabaseError, apply_migrations, create_pool, rls_transaction
-
-SERVER = "postgresql://postgres@127.0.0.1/postgres"
+from sql import QUERIES, DatabaseError, create_pool, rls_transaction
+from tests.support.databases import Database, scratch_database
 
 
 @dataclass(frozen=True)
@@ -43,35 +41,15 @@ class Db:
     pool: asyncpg.Pool
 
 
-def with_database(url: str, name: str, user: str | None = None) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc if user is None else f"{user}@{parts.netloc.rpartition('@')[2]}"
-    return urlunsplit(parts._replace(path="/" + name, netloc=netloc))
-
-
-async def server_execute(statement: str) -> None:
-    conn = await asyncpg.connect(SERVER)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
-async def db() -> AsyncIterator[Db]:
-    name = f"gatehouse_vault_{uuid.uuid4().hex[:10]}"
-    await server_execute(f'CREATE DATABASE "{name}"')
-    try:
-        admin_url = with_database(SERVER, name)
-        await apply_migrations(admin_url)
-        app_url = with_database(SERVER, name, "gatehouse_app")
-        pool = await create_pool(app_url)
+async def db(database: Database) -> AsyncIterator[Db]:
+    async with scratch_database(database.admin_url, "gatehouse_vault") as scratch:
+        pool = await create_pool(scratch.app_url)
         try:
-            yield Db(name, admin_url, app_url, pool)
+            name = scratch.admin_url.rsplit("/", 1)[1].split("?")[0]
+            yield Db(name, scratch.admin_url, scratch.app_url, pool)
         finally:
             await pool.close()
-    finally:
-        await server_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def new_keyring(*ids: str) -> Keyring:
@@ -363,7 +341,7 @@ async def test_no_plaintext_token_in_dumps_errors_or_logs(
     with pytest.raises(DecryptionFailed) as caught:
         store.vault.open(ConnectionRef("x", "y", "z"), sealed)
     process = await asyncio.create_subprocess_exec(
-        "pg_dump", "--data-only", "--no-owner", "-h", "127.0.0.1", "-U", "postgres", db.name,
+        "pg_dump", "--data-only", "--no-owner", "--dbname", db.admin_url,
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     dump, _ = await process.communicate()

@@ -10,8 +10,8 @@ import asyncio
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -71,6 +71,20 @@ def test_database() -> Iterator[Database]:
         asyncio.run(_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         if stop is not None:
             stop()
+
+
+@asynccontextmanager
+async def scratch_database(server_admin_url: str, prefix: str) -> AsyncIterator[Database]:
+    """A fresh, migrated database of its own on the same server, for tests that must count
+    every row (rotation, dumps) without seeing other tests' data."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    await _execute(server_admin_url, f'CREATE DATABASE "{name}"')
+    try:
+        admin_url = with_database(server_admin_url, name)
+        await apply_migrations(admin_url)
+        yield Database(admin_url, with_user(admin_url, "gatehouse_app"))
+    finally:
+        await _execute(server_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
