@@ -24,7 +24,7 @@ from oauth.rotation import rotate
 from oauth.store import TokenStore
 from oauth.vault import NONCE_BYTES, ConnectionRef, Sealed, TokenBundle, Vault, associated_data
 from sql import QUERIES, DatabaseError, create_pool, rls_transaction
-from tests.support.databases import Database, scratch_database
+from tests.support.databases import Database, pg_dump_for, scratch_database
 
 
 @dataclass(frozen=True)
@@ -341,7 +341,7 @@ async def test_no_plaintext_token_in_dumps_errors_or_logs(
     with pytest.raises(DecryptionFailed) as caught:
         store.vault.open(ConnectionRef("x", "y", "z"), sealed)
     process = await asyncio.create_subprocess_exec(
-        "pg_dump", "--data-only", "--no-owner", "--dbname", db.admin_url,
+        await pg_dump_for(db.admin_url), "--data-only", "--no-owner", "--dbname", db.admin_url,
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     dump, _ = await process.communicate()

@@ -7,7 +7,10 @@ drops its own database); ``GATEHOUSE_TEST_REDIS_URL`` a Redis database that test
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
+import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -71,6 +74,29 @@ def test_database() -> Iterator[Database]:
         asyncio.run(_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         if stop is not None:
             stop()
+
+
+async def pg_dump_for(admin_url: str) -> str:
+    """A ``pg_dump`` as new as the server (it refuses newer servers): the system's, or the one
+    shipped with the embedded server's binaries."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        server_major = int(await conn.fetchval("SHOW server_version_num")) // 10000
+    finally:
+        await conn.close()
+    candidates = [shutil.which("pg_dump")]
+    spec = importlib.util.find_spec("pgserver")
+    if spec and spec.submodule_search_locations:
+        bundled = Path(next(iter(spec.submodule_search_locations))) / "pginstall/bin/pg_dump"
+        candidates.append(str(bundled) if bundled.exists() else None)
+    for candidate in filter(None, candidates):
+        version = subprocess.run([candidate, "--version"], capture_output=True, text=True)
+        if (
+            version.returncode == 0
+            and int(version.stdout.split()[-1].split(".")[0]) >= server_major
+        ):
+            return candidate
+    raise RuntimeError(f"no pg_dump for PostgreSQL {server_major} found")
 
 
 @asynccontextmanager
