@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +51,18 @@ class GatewaySettings(BaseSettings):
     upstream_timeout_seconds: float = Field(default=60, gt=0)
     assertion_lifetime_seconds: int = Field(default=30, ge=1, le=60)
     connect_session_ttl_seconds: int = Field(default=1800, ge=60, le=86_400)
+
+    # Signing people in to /connect through ISSUER (authorization code + PKCE); off when empty.
+    signin_client_id: str = ""
+    signin_client_secret: SecretStr | None = Field(
+        default=None, description="absent: a public client (PKCE only)"
+    )
+    signin_scopes: str = "openid"
+    signin_resource: str = Field(
+        default="", description="RFC 8707 resource to request (e.g. AUDIENCE), so the access "
+        "token can carry the organisation claim when the ID token does not"
+    )
+    signin_state_ttl_seconds: int = Field(default=600, ge=30, le=3600)
 
     dev_issuer_key_file: Path | None = Field(
         default=None, description="development mode only: serve this key's JWKS at /dev/jwks.json"

@@ -1,10 +1,9 @@
 """Signing in to /connect through the gateway's own issuer (code + PKCE + nonce).
 
-A dedicated ``oidc-provider`` plays the issuer the gateway trusts *and* signs in with: it knows
-a sign-in client whose redirect URI names the dedicated gateway's port, chosen before either
-starts. The provider puts ``org_id`` only into access tokens (code-flow ID tokens carry ``sub``),
-so the gateway asks for its own audience as RFC 8707 ``resource`` and reads the organisation
-from the verified access token. Browsers are Chromium (Playwright) or httpx clients.
+A dedicated ``oidc-provider`` is the issuer the gateway trusts *and* signs in with; its sign-in
+client's redirect URI names the gateway's port, chosen before either starts. Code-flow ID tokens
+carry only ``sub``, so the gateway asks for its audience as RFC 8707 ``resource`` and reads the
+organisation from the verified access token. Browsers: Chromium (Playwright) or httpx clients.
 """
 
 from __future__ import annotations
@@ -48,10 +47,6 @@ class SigninStack:
     redis_url: str
 
     @property
-    def url(self) -> str:
-        return self.gateway.url
-
-    @property
     def callback(self) -> str:
         return self.gateway.url + "/connect/signin/callback"
 
@@ -66,7 +61,8 @@ class SigninStack:
     def user(self, org: str | None = ORG) -> str:
         """A fresh login; with ``org`` the provider puts that organisation in its tokens."""
         name = "si-" + uuid.uuid4().hex[:10]
-        _ = org is None or self.provider.access_token(org, name)
+        if org is not None:
+            self.provider.access_token(org, name)
         return name
 
 
@@ -80,12 +76,10 @@ def stack(gateway_env: dict[str, str], work_dir: Path, redis_url: str) -> Iterat
               "token_endpoint_auth_method": "client_secret_basic"}
     with OidcProvider(clients=[client]) as provider:
         gateway = _start_on("gateway.app:create_app", {
-            **gateway_env, "GATEHOUSE_PUBLIC_URL": public_url,
-            "GATEHOUSE_ISSUER": provider.issuer, "GATEHOUSE_JWKS_URL": provider.jwks_url,
-            "GATEHOUSE_AUDIENCE": provider.audience,
-            "GATEHOUSE_SIGNIN_CLIENT_ID": CLIENT_ID,
+            **gateway_env, "GATEHOUSE_PUBLIC_URL": public_url, "GATEHOUSE_ISSUER": provider.issuer,
+            "GATEHOUSE_JWKS_URL": provider.jwks_url, "GATEHOUSE_AUDIENCE": provider.audience,
+            "GATEHOUSE_SIGNIN_CLIENT_ID": CLIENT_ID, "GATEHOUSE_SIGNIN_RESOURCE": provider.audience,
             "GATEHOUSE_SIGNIN_CLIENT_SECRET": CLIENT_SECRET,
-            "GATEHOUSE_SIGNIN_RESOURCE": provider.audience,
         }, port, work_dir, "signin-gateway")
         try:
             yield SigninStack(gateway, provider, redis_url)
@@ -96,7 +90,7 @@ def stack(gateway_env: dict[str, str], work_dir: Path, redis_url: str) -> Iterat
 @pytest.fixture
 def agent(stack: SigninStack) -> Iterator[httpx.Client]:
     """A browser stand-in for the gateway's origin only (its own cookie jar, no redirects)."""
-    with httpx.Client(base_url=stack.url, follow_redirects=False, timeout=15) as client:
+    with httpx.Client(base_url=stack.gateway.url, follow_redirects=False, timeout=15) as client:
         yield client
 
 
@@ -107,8 +101,7 @@ def start(agent: httpx.Client) -> str:
 
 
 def sign_in_at_provider(stack: SigninStack, authorization_url: str, login: str) -> str:
-    """devInteractions (login, then consent) over HTTP; the callback URL the provider sends
-    the browser to (with ``code``, ``state`` and ``iss``)."""
+    """devInteractions (login, consent) over HTTP; the callback URL with code, state, iss."""
     with httpx.Client(timeout=15, follow_redirects=False) as idp_browser:
         response = idp_browser.get(authorization_url)
         for _ in range(12):
@@ -131,10 +124,9 @@ def call_back(agent: httpx.Client, query: str) -> httpx.Response:
 
 
 def assert_refused(agent: httpx.Client, answer: httpx.Response, phrase: str) -> None:
-    assert answer.status_code == 400, answer.text
+    assert answer.status_code == 400 and answer.headers["x-frame-options"] == "DENY"
     assert phrase in answer.text and "Nothing was stored" in answer.text, answer.text
     assert "gatehouse_connect=" not in answer.headers.get("set-cookie", "")
-    assert answer.headers["x-frame-options"] == "DENY"
     assert agent.get("/connect").status_code == 401  # still no session in this browser
 
 
@@ -151,18 +143,18 @@ async def browser() -> AsyncIterator[Browser]:
 async def test_sign_in_to_connect_in_a_browser(stack: SigninStack, browser: Browser) -> None:
     user = await asyncio.to_thread(stack.user)
     page = await browser.new_page()
-    await page.goto(stack.url + "/connect")
+    await page.goto(stack.gateway.url + "/connect")
     await page.get_by_role("link", name="Sign in").click()
     await page.wait_for_url(stack.provider.issuer + "/**")
     await page.locator('input[name="login"]').fill(user)
     await page.locator('input[name="password"]').fill("any password")
     await page.locator('button[type="submit"]').click()
     await page.locator('button[type="submit"]', has_text="Continue").click()
-    await page.wait_for_url(stack.url + "/connect")
+    await page.wait_for_url(stack.gateway.url + "/connect")
     await expect(page.get_by_role("heading", name="Connected accounts")).to_be_visible()
     await expect(page.locator("p.who")).to_contain_text(f"user {user} of organisation {ORG}")
     await page.screenshot(path="/tmp/gatehouse-connect-signed-in.png", full_page=True)
-    cookies = {c["name"] for c in await page.context.cookies(stack.url)}
+    cookies = {c["name"] for c in await page.context.cookies(stack.gateway.url)}
     assert "gatehouse_connect" in cookies and "gatehouse_signin" not in cookies
 
 
@@ -186,10 +178,9 @@ def test_authorization_request_uses_pkce_nonce_and_the_exact_redirect_uri(
     assert query["code_challenge"] == s256(record["verifier"])
     assert record["verifier"] not in location and record["verifier"] not in str(answer.headers)
     cookie = [part.strip().lower() for part in answer.headers["set-cookie"].split(";")]
-    assert cookie[0].startswith("gatehouse_signin=")
-    assert "httponly" in cookie and "samesite=lax" in cookie and "path=/" in cookie
-    ttl = redis.Redis.from_url(stack.redis_url).ttl(state_key(query["state"]))
-    assert 0 < ttl <= 600
+    assert cookie[0].startswith("gatehouse_signin=") and "httponly" in cookie
+    assert "samesite=lax" in cookie and "path=/" in cookie
+    assert 0 < redis.Redis.from_url(stack.redis_url).ttl(state_key(query["state"])) <= 600
 
 
 def test_callback_without_state_is_refused(stack: SigninStack, agent: httpx.Client) -> None:
@@ -202,7 +193,7 @@ def test_state_of_another_browser_is_refused_and_consumed(
     stack: SigninStack, agent: httpx.Client
 ) -> None:
     back = sign_in_at_provider(stack, start(agent), stack.user())
-    with httpx.Client(base_url=stack.url, follow_redirects=False) as other:
+    with httpx.Client(base_url=stack.gateway.url, follow_redirects=False) as other:
         start(other)  # its own sign-in cookie: a real browser, just not the one that started
         assert_refused(other, call_back(other, urlsplit(back).query), "another browser")
     # The attempt consumed the state: the right browser cannot complete it any more.
@@ -260,18 +251,15 @@ def test_provider_error_is_shown_escaped(stack: SigninStack, agent: httpx.Client
     assert HOSTILE not in answer.text and "&lt;script&gt;" in answer.text
 
 
-def test_user_without_an_organisation_is_refused(
-    stack: SigninStack, agent: httpx.Client
-) -> None:
-    back = sign_in_at_provider(stack, start(agent), stack.user(org=None))
-    assert_refused(agent, call_back(agent, urlsplit(back).query), "organisation")
+def test_user_without_an_organisation_is_refused(stack: SigninStack, agent: httpx.Client) -> None:
+    back = urlsplit(sign_in_at_provider(stack, start(agent), stack.user(org=None)))
+    assert_refused(agent, call_back(agent, back.query), "organisation")
 
 
 def test_signin_not_configured_is_404_and_offers_no_link(gateway: Server) -> None:
     for path in ("/connect/signin", "/connect/signin/callback?state=" + "s" * 43):
         assert httpx.get(gateway.url + path, follow_redirects=False).status_code == 404
-    page = httpx.get(gateway.url + "/connect")
-    assert page.status_code == 401 and "/connect/signin" not in page.text
+    assert "/connect/signin" not in httpx.get(gateway.url + "/connect").text
 
 
 def _sign(stack: SigninStack, claims: dict[str, Any], *, key: Any = None, alg: str = "RS256",
@@ -280,11 +268,9 @@ def _sign(stack: SigninStack, claims: dict[str, Any], *, key: Any = None, alg: s
                       headers={"kid": stack.provider.kid, **header})
 
 
-OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
 @pytest.mark.parametrize(("forge", "phrase"), [
-    (lambda s, c: _sign(s, c, key=OTHER_KEY), "signature is wrong"),
+    (lambda s, c: _sign(s, c, key=rsa.generate_private_key(public_exponent=65537,
+                                                           key_size=2048)), "signature is wrong"),
     (lambda s, c: jwt.encode(c, "", algorithm="none", headers={"kid": s.provider.kid}),
      "algorithm"),
     (lambda s, c: _sign(s, c, key="k" * 32, alg="HS256"), "algorithm"),
@@ -303,9 +289,9 @@ async def test_forged_id_tokens_are_refused(stack: SigninStack, forge: Any, phra
     nonce = "expected-nonce"
     async with aiohttp.ClientSession() as http:
         keys = JwksCache(stack.provider.jwks_url, http, ttl=60, cooldown=0, fetch_timeout=2)
-        options: dict[str, Any] = {"jwks": keys, "issuer": stack.provider.issuer,
-                                   "client_id": CLIENT_ID, "nonce": nonce,
-                                   "algorithms": ["RS256"], "skew": 30, "max_bytes": 8192}
+        options: dict[str, Any] = {"jwks": keys, "issuer": stack.provider.issuer, "skew": 30,
+                                   "nonce": nonce, "client_id": CLIENT_ID, "max_bytes": 8192,
+                                   "algorithms": ["RS256"]}
         now = int(time.time())
         genuine = {"iss": stack.provider.issuer, "sub": "alice", "aud": CLIENT_ID, "iat": now,
                    "exp": now + 300, "nonce": nonce}

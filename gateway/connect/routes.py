@@ -2,6 +2,7 @@
 
     GET  /connect?ticket=...           redeem a one-time connect link, start a session, 303 /connect
     GET  /connect                      the providers and their state, Connect/Disconnect forms
+    GET  /connect/signin[/callback]    optional sign-in through the issuer (:mod:`.signin`)
     POST /oauth/{provider}/start       (CSRF) 303 to the provider's authorization URL
     GET  /oauth/{provider}/callback    hand code/state/iss/error to mcp_server, 303 /connect
     POST /oauth/{provider}/disconnect  (CSRF) revoke and forget, 303 /connect
@@ -20,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.connect import csrf, internal
+from gateway.connect import csrf, internal, signin
 from gateway.connect.pages import message, redirect, render, stylesheet
 from gateway.connect.session import BrowserSession, SessionStore
 from gateway.services import Services, services_of
@@ -43,6 +44,8 @@ async def connect_page(request: Request) -> Response:
         return await _redeem(sessions, request)
     session = await sessions.load(request)
     if session is None:
+        if services.settings.signin_client_id:
+            return render("signin.html", 401, title="Sign in to connect accounts")
         return message(*_NO_SESSION, status=401)
     try:
         listed = await internal.call(services, session, "GET", "/connections")
@@ -167,4 +170,5 @@ ROUTES = [
     Route("/oauth/{provider}/start", start, methods=["POST"]),
     Route("/oauth/{provider}/callback", callback, methods=["GET"]),
     Route("/oauth/{provider}/disconnect", disconnect, methods=["POST"]),
+    *signin.ROUTES,
 ]
