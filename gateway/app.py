@@ -26,6 +26,7 @@ from gateway.audit import AuditTrail
 from gateway.auth import AuthenticationMiddleware
 from gateway.background import every
 from gateway.connect import ROUTES as CONNECT_ROUTES
+from gateway.connect.signin_oidc import SigninClient
 from gateway.forwarding import McpForwarder
 from gateway.jwks import JwksCache
 from gateway.metrics import Metrics
@@ -112,6 +113,7 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
             ),
             activity=SessionActivity(pool),
             composer=PromptComposer(),
+            signin=SigninClient(settings, http, jwks) if settings.signin_client_id else None,
         )
     finally:
         await http.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import asyncpg
@@ -21,6 +21,9 @@ from gateway.settings import GatewaySettings
 from gateway.tokens import TokenVerifier
 from oauth.assertion import AssertionSigner
 from prompts import PromptComposer
+
+if TYPE_CHECKING:  # gateway.connect's routes import this module
+    from gateway.connect.signin_oidc import SigninClient
 from resilience import RateLimiter
 
 
@@ -40,6 +43,7 @@ class Services:
     audit: AuditTrail
     activity: SessionActivity
     composer: PromptComposer
+    signin: SigninClient | None  # only when sign-in to /connect is configured
 
 
 def services_of(scope: MutableMapping[str, Any]) -> Services:

@@ -57,13 +57,9 @@ def _binding(secret: str) -> str:
 def _enabled(request: Request) -> tuple[Services, SigninClient]:
     """The services and this application's client; 404 when sign-in is not configured."""
     services = services_of(request.scope)
-    if not services.settings.signin_client_id:
+    if services.signin is None:
         raise HTTPException(404, "Not Found")
-    client = getattr(request.app.state, "gatehouse_signin", None)
-    if not isinstance(client, SigninClient):
-        client = SigninClient(services.settings, services.http, services.jwks)
-        request.app.state.gatehouse_signin = client  # per application, so its cache lasts
-    return services, client
+    return services, services.signin
 
 
 def _browser_secret(request: Request, public_url: str) -> str | None:
