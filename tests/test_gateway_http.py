@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -193,7 +194,8 @@ def test_per_user_limit_answers_429_with_retry_after(
     start_gateway: Any, idp: OidcProvider
 ) -> None:
     limited = start_gateway(user_rate_limit="3/minute")
-    token = idp.access_token("limited-org", "lara", ["member"])
+    org = f"limited-{uuid.uuid4().hex[:8]}"  # a bucket no other run can share
+    token = idp.access_token(org, "lara", ["member"])
     statuses = [post_mcp(limited, token).status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
     resp = post_mcp(limited, token)
@@ -201,7 +203,7 @@ def test_per_user_limit_answers_429_with_retry_after(
     assert 1 <= int(resp.headers["retry-after"]) <= 60
     assert resp.headers["ratelimit-policy"] == '"user";q=3;w=60'
     # Another user of the same organisation has a bucket of their own.
-    other = idp.access_token("limited-org", "lars", ["member"])
+    other = idp.access_token(org, "lars", ["member"])
     assert post_mcp(limited, other).status_code == 200
 
 
