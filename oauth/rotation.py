@@ -21,7 +21,7 @@ import asyncpg
 from oauth.errors import VaultError
 from oauth.keyring import Keyring
 from oauth.vault import ConnectionRef, Sealed, Vault
-from sql import QUERIES, DatabaseError, DatabaseUnavailable
+from sql import QUERIES, admin_connection
 
 Progress = Callable[[int, int], None]  # (rows re-encrypted so far, rows to re-encrypt)
 
@@ -43,23 +43,9 @@ async def rotate(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
-    try:
-        conn = await asyncpg.connect(admin_dsn, timeout=10)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailable(f"cannot connect to the database: {type(exc).__name__}") from exc
-    try:
-        await _require_bypass(conn)
+    async with admin_connection(admin_dsn, bypassing_rls_for="key rotation") as conn:
         return await _rotate_all(conn, Vault(keyring), progress, batch_size)
-    finally:
-        await conn.close()
 
-
-async def _require_bypass(conn: asyncpg.Connection) -> None:
-    bypasses = await conn.fetchval(
-        "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
-    )
-    if not bypasses:
-        raise DatabaseError("key rotation needs a role that bypasses row-level security")
 
 
 async def _rotate_all(

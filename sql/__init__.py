@@ -6,7 +6,7 @@ Application code touches tenant tables only through :func:`rls_transaction`.
 from sql.audit import ChainReport, verify_audit_chain
 from sql.errors import DatabaseError, DatabaseUnavailable, MigrationError, UnsafeRoleError
 from sql.migrate import apply_migrations, set_app_password
-from sql.pool import create_pool, verify_app_role
+from sql.pool import admin_connection, create_pool, verify_app_role
 from sql.queries import QUERIES
 from sql.rls import Tenant, rls_transaction
 
@@ -18,6 +18,7 @@ __all__ = [
     "MigrationError",
     "Tenant",
     "UnsafeRoleError",
+    "admin_connection",
     "apply_migrations",
     "create_pool",
     "rls_transaction",

@@ -15,7 +15,8 @@ from importlib import resources
 
 import asyncpg
 
-from sql.errors import DatabaseUnavailable, MigrationError
+from sql.errors import MigrationError
+from sql.pool import admin_connection
 
 # An arbitrary constant shared by every Gatehouse process: the key of the migration lock.
 _LOCK_KEY = 0x6761_7465_686F
@@ -59,18 +60,12 @@ def discover() -> list[Migration]:
 
 async def apply_migrations(admin_dsn: str) -> list[str]:
     """Apply pending migrations as the schema owner; returns the names applied now."""
-    try:
-        conn = await asyncpg.connect(admin_dsn, timeout=10)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailable(f"cannot connect to the database: {type(exc).__name__}") from exc
-    try:
+    async with admin_connection(admin_dsn) as conn:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
         try:
             return await _apply_pending(conn)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
-    finally:
-        await conn.close()
 
 
 async def _apply_pending(conn: asyncpg.Connection) -> list[str]:
@@ -111,9 +106,6 @@ async def set_app_password(admin_dsn: str, password: str) -> None:
     """Give the ``gatehouse_app`` login role a password (deployments without trust auth)."""
     if not password:
         raise MigrationError("the application role's password must not be empty")
-    conn = await asyncpg.connect(admin_dsn, timeout=10)
-    try:
+    async with admin_connection(admin_dsn) as conn:
         literal = await conn.fetchval("SELECT quote_literal($1)", password)
         await conn.execute(f"ALTER ROLE gatehouse_app PASSWORD {literal}")
-    finally:
-        await conn.close()

@@ -1,10 +1,14 @@
-"""Connection pool for the application role, and the check that the role is safe to use."""
+"""Connections: the application role's pool (and the check that the role is safe to use), and
+single connections for operator commands (migrate, audit verify, key rotation)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import asyncpg
 
-from sql.errors import DatabaseUnavailable, UnsafeRoleError
+from sql.errors import DatabaseError, DatabaseUnavailable, UnsafeRoleError
 
 # Privileges that would let the login role read past row-level security.
 _ROLE_CHECK = """
@@ -45,3 +49,26 @@ async def verify_app_role(pool: asyncpg.Pool) -> None:
         raise UnsafeRoleError(
             "the database login role is " + ", ".join(problems) + "; connect as gatehouse_app"
         )
+
+
+@asynccontextmanager
+async def admin_connection(
+    dsn: str, *, bypassing_rls_for: str | None = None
+) -> AsyncIterator[asyncpg.Connection]:
+    """One connection for an operator command. With ``bypassing_rls_for`` (what the command
+    does), refuse a role that row-level security binds: FORCE RLS applies even to the owner, so
+    a command that must see every organisation's rows needs a superuser or BYPASSRLS role."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to the database: {type(exc).__name__}") from exc
+    try:
+        if bypassing_rls_for is not None and not await conn.fetchval(
+            "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
+        ):
+            raise DatabaseError(
+                f"{bypassing_rls_for} needs a role that bypasses row-level security"
+            )
+        yield conn
+    finally:
+        await conn.close()
