@@ -2,8 +2,11 @@
 
     GatewayError
     ├── BadRequest            malformed input (400, 413, 415)
+    ├── InvalidInput          well-formed but invalid, with per-field errors (422)
     ├── Unauthenticated       no or invalid bearer token (401 + WWW-Authenticate)
     ├── Forbidden             authenticated, but not allowed (403 insufficient_scope)
+    ├── NotFound              unknown, foreign or private ids alike (404)
+    ├── Conflict              refused by the current state (409: quotas, closed sessions, owners)
     ├── RateLimited           over a limit (429 + Retry-After, RateLimit headers)
     └── UpstreamUnavailable   mcp_server, the database or Redis cannot be reached (502/503)
 
@@ -12,6 +15,8 @@ Lower packages raise their own roots (``sql.DatabaseError``, ``resilience.Resili
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class GatewayError(Exception):
@@ -40,6 +45,28 @@ class BadRequest(GatewayError):
         self.code = code
 
 
+class InvalidInput(GatewayError):
+    status = 422
+    code = "validation_failed"
+    title = "Invalid input"
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("the request does not match the schema; see errors")
+        self.errors = errors
+
+    @classmethod
+    def at(cls, field: str, message: str, kind: str, *, line: int | None = None,
+           column: int | None = None) -> InvalidInput:
+        """One invalid body field; ``line``/``column`` locate the problem inside its text."""
+        error: dict[str, Any] = {"loc": ["body", field], "msg": message, "type": kind}
+        if line is not None:
+            error |= {"line": line, "column": column}
+        return cls([error])
+
+    def extensions(self) -> dict[str, object]:
+        return {"errors": self.errors}
+
+
 class Unauthenticated(GatewayError):
     status = 401
     code = "invalid_token"
@@ -54,6 +81,22 @@ class Forbidden(GatewayError):
     status = 403
     code = "insufficient_scope"
     title = "Forbidden"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class Conflict(GatewayError):
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+    def __init__(self, detail: str, *, code: str) -> None:
+        super().__init__(detail)
+        self.code = code
 
 
 class RateLimited(GatewayError):

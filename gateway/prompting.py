@@ -17,8 +17,16 @@ from typing import Any
 from asyncpg import Record
 from asyncpg.pool import PoolConnectionProxy
 
+from gateway.errors import InvalidInput
 from gateway.principal import Principal
-from prompts import ComposedPrompt, Layer, LayerKind, PromptComposer, PromptVariables
+from prompts import (
+    ComposedPrompt,
+    Layer,
+    LayerKind,
+    PromptComposer,
+    PromptError,
+    PromptVariables,
+)
 from sql import QUERIES
 
 GLOBAL_ORG = "_platform"
@@ -77,6 +85,12 @@ async def compose_for(
     if own is not None:
         layers.append(own)
     return composer.compose(layers, variables(principal, session))
+
+
+def invalid_prompt(exc: PromptError, field: str) -> InvalidInput:
+    """A layer text that cannot be saved, located by line and column."""
+    return InvalidInput.at(field, exc.message, type(exc).__name__, line=exc.line,
+                           column=exc.column)
 
 
 def layers_used(prompt: ComposedPrompt) -> list[dict[str, str]]:

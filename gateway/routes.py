@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway import devissuer
-from gateway.errors import BadRequest
+from gateway.errors import NotFound
 from gateway.services import Services, services_of
 
 _CHECK_TIMEOUT = 2.0
@@ -74,7 +74,7 @@ async def protected_resource_metadata(request: Request) -> Response:
     settings = _services(request).settings
     suffix = request.path_params.get("resource", "")
     if suffix not in ("", "mcp"):
-        raise BadRequest("no such protected resource", status=404, code="not_found")
+        raise NotFound("no such protected resource")
     return JSONResponse({
         "resource": settings.resource_url,
         "authorization_servers": [settings.issuer],
@@ -86,6 +86,6 @@ async def protected_resource_metadata(request: Request) -> Response:
 async def dev_jwks(request: Request) -> Response:
     key_file = _services(request).settings.dev_issuer_key_file
     if key_file is None:
-        raise BadRequest("not found", status=404, code="not_found")
+        raise NotFound("not found")
     key = devissuer.ensure_key(key_file)
     return JSONResponse(devissuer.jwks(key), headers={"Cache-Control": "max-age=60"})

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.auth import principal_of
-from gateway.errors import BadRequest, GatewayError
+from gateway.errors import BadRequest, InvalidInput
 from gateway.permissions import require
 from gateway.principal import Principal
 from gateway.services import Services, services_of
@@ -72,18 +72,6 @@ class Endpoint:
 
         return Route(self.path, endpoint, methods=[self.method])
 
-
-class InvalidInput(GatewayError):
-    status = 422
-    code = "validation_failed"
-    title = "Invalid input"
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__("the request does not match the schema; see errors")
-        self.errors = errors
-
-    def extensions(self) -> dict[str, object]:
-        return {"errors": self.errors}
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:

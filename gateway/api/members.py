@@ -10,16 +10,9 @@ from starlette.responses import Response
 
 from gateway.api.endpoints import Call, Endpoint
 from gateway.api.models import Member, MemberList, RolesUpdate
-from gateway.api.sessions import NotFound
 from gateway.audit import AuditEntry
-from gateway.errors import Forbidden, GatewayError
+from gateway.errors import Conflict, Forbidden, NotFound
 from sql import QUERIES, rls_transaction
-
-
-class LastOwner(GatewayError):
-    status = 409
-    code = "last_owner"
-    title = "An organisation needs an owner"
 
 
 async def list_members(call: Call) -> Response:
@@ -40,7 +33,7 @@ async def set_roles(call: Call) -> Response:
             raise Forbidden("only an owner can grant or take away the owner role")
         await conn.execute(QUERIES["replace_roles"], principal.org_id, user_id, body.roles)
         if not await conn.fetchval(QUERIES["owner_count"], principal.org_id) and "owner" in before:
-            raise LastOwner("the organisation would have no owner left")
+            raise Conflict("the organisation would have no owner left", code="last_owner")
         await call.services.audit.record(conn, AuditEntry(
             principal.org_id, principal.user_id, "role.change", "success",
             target=f"user:{user_id}", details={"before": before, "after": body.roles},

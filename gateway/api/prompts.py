@@ -12,7 +12,7 @@ from __future__ import annotations
 from asyncpg import Record
 from starlette.responses import Response
 
-from gateway.api.endpoints import Call, Endpoint, InvalidInput
+from gateway.api.endpoints import Call, Endpoint
 from gateway.api.models import (
     ComposedSystemPrompt,
     LayerUsed,
@@ -23,14 +23,15 @@ from gateway.api.models import (
     PromptVersion,
     PromptVersionSummary,
 )
-from gateway.api.sessions import NotFound, fetch_visible, parse_id
+from gateway.api.sessions import fetch_visible, parse_id
 from gateway.audit import AuditEntry, SystemTenant
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, NotFound
 from gateway.permissions import require
 from gateway.prompting import (
     GLOBAL_ORG,
     KINDS,
     compose_for,
+    invalid_prompt,
     layer_owner,
     layers_used,
     saved_layers,
@@ -63,11 +64,6 @@ def _tenant_for(call: Call, layer: str) -> Tenant:
     return SystemTenant(GLOBAL_ORG, call.principal.user_id)
 
 
-def invalid(exc: PromptError, field: str) -> InvalidInput:
-    return InvalidInput([{
-        "loc": ["body", field], "msg": exc.message, "type": type(exc).__name__,
-        "line": exc.line, "column": exc.column,
-    }])
 
 
 def _version(layer: str, row: Record) -> Response:
@@ -87,7 +83,7 @@ async def _save(call: Call, layer: str, source: str, note: str) -> Response:
         try:
             call.services.composer.validate(source, kind=KINDS[layer], above=above)
         except PromptError as exc:
-            raise invalid(exc, "source") from exc
+            raise invalid_prompt(exc, "source") from exc
         await conn.execute(QUERIES["lock_prompt_layer"], org_id, layer, owner_id)
         row = await conn.fetchrow(QUERIES["insert_prompt_version"], org_id, layer, owner_id,
                                   source, note, call.principal.user_id)
@@ -161,7 +157,7 @@ async def preview_prompt(call: Call) -> Response:
             body.source, kind=kind, layers=others, variables=sample
         )
     except PromptError as exc:
-        raise invalid(exc, "source") from exc
+        raise invalid_prompt(exc, "source") from exc
     return _composed(composed)
 
 

@@ -21,34 +21,18 @@ from asyncpg import Record
 from asyncpg.pool import PoolConnectionProxy
 from starlette.responses import Response
 
-from gateway.api.endpoints import Call, Endpoint, InvalidInput
+from gateway.api.endpoints import Call, Endpoint
 from gateway.api.models import Session, SessionCreate, SessionPage, SessionQuery, SessionUpdate
 from gateway.audit import AuditEntry
-from gateway.errors import BadRequest, Forbidden, GatewayError
+from gateway.errors import BadRequest, Conflict, Forbidden, InvalidInput, NotFound
 from gateway.permissions import granted
 from gateway.principal import Principal
+from gateway.prompting import invalid_prompt
 from prompts import LayerKind, PromptError
 from sql import QUERIES, rls_transaction
 
 ADMIN_PERMISSION = "sessions:admin"
 
-
-class NotFound(GatewayError):
-    status = 404
-    code = "not_found"
-    title = "Not found"
-
-
-class QuotaExceeded(GatewayError):
-    status = 409
-    code = "session_quota_exceeded"
-    title = "Too many active sessions"
-
-
-class SessionNotActive(GatewayError):
-    status = 409
-    code = "session_not_active"
-    title = "Session is closed or expired"
 
 
 def parse_id(raw: str) -> uuid.UUID:
@@ -92,11 +76,8 @@ def _ttl(call: Call, requested: int | None) -> int:
     settings = call.services.settings
     ttl = requested or settings.session_default_ttl_seconds
     if ttl > settings.session_max_ttl_seconds:
-        raise InvalidInput([{
-            "loc": ["body", "ttl_seconds"],
-            "msg": f"at most {settings.session_max_ttl_seconds} seconds",
-            "type": "less_than_equal",
-        }])
+        raise InvalidInput.at("ttl_seconds", f"at most {settings.session_max_ttl_seconds} "
+                              "seconds", "less_than_equal")
     return ttl
 
 
@@ -112,9 +93,7 @@ def _check_prompt(call: Call, prompt: str | None) -> None:
         try:
             call.services.composer.validate(prompt, kind=LayerKind.SESSION)
         except PromptError as exc:
-            raise InvalidInput([{"loc": ["body", "prompt"], "msg": exc.message,
-                                 "type": type(exc).__name__, "line": exc.line,
-                                 "column": exc.column}]) from exc
+            raise invalid_prompt(exc, "prompt") from exc
 
 
 def _org_wide(principal: Principal) -> bool:
@@ -133,11 +112,11 @@ async def create_session(call: Call) -> Response:
         )
         assert counts is not None
         if counts["user_active"] >= settings.session_max_active_per_user:
-            raise QuotaExceeded(f"at most {settings.session_max_active_per_user} active "
-                                "sessions per user; close one first")
+            raise Conflict(f"at most {settings.session_max_active_per_user} active sessions "
+                           "per user; close one first", code="session_quota_exceeded")
         if counts["org_active"] >= settings.session_max_active_per_org:
-            raise QuotaExceeded(f"at most {settings.session_max_active_per_org} active "
-                                "sessions per organisation")
+            raise Conflict(f"at most {settings.session_max_active_per_org} active sessions "
+                           "per organisation", code="session_quota_exceeded")
         row = await conn.fetchrow(
             QUERIES["insert_session"], principal.org_id, principal.user_id, body.name,
             body.allowed_tools, json.dumps(body.variables), json.dumps(body.metadata), ttl,
@@ -218,7 +197,7 @@ async def update_session(call: Call) -> Response:
     async with rls_transaction(call.services.pool, call.principal, org_wide=org_wide) as conn:
         row = await fetch_visible(conn, call.principal, session_id)
         if status_of(row) != "active":
-            raise SessionNotActive("only active sessions can be changed")
+            raise Conflict("only active sessions can be changed", code="session_not_active")
         changed = body.model_dump(exclude_unset=True, exclude={"status"})
         _check_prompt(call, body.prompt)
         if changed:
