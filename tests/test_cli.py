@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -29,14 +28,10 @@ from oauth.vault import TokenBundle
 from sql import apply_migrations, create_pool
 from tests.support.databases import Database, with_database, with_user
 from tests.support.processes import free_port
+from tests.support.tenants import Who as Tenant
 
 GATEHOUSE = [sys.executable, "-m", "gateway"]
 
-
-@dataclass(frozen=True)
-class Tenant:
-    org_id: str
-    user_id: str
 
 
 def clean_env() -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -16,14 +15,11 @@ from sql.errors import InvalidTenant, UnsafeRoleError
 from sql.migrate import discover
 from tests.support.databases import Database, with_database
 from tests.support.schema import describe
+from tests.support.tenants import Who as Tenant
+from tests.support.tenants import provision
 
 SCHEMA_FILE = Path(__file__).parent.parent / "sql" / "schema.sql"
 
-
-@dataclass(frozen=True)
-class Tenant:
-    org_id: str
-    user_id: str
 
 
 @pytest.fixture
@@ -35,8 +31,7 @@ async def pool(database: Database) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def _provision(pool: asyncpg.Pool, org: str, user: str) -> None:
-    async with rls_transaction(pool, Tenant(org, user)) as conn:
-        await conn.execute(QUERIES["provision_principal"], org, user, ["member"])
+    await provision(pool, Tenant(org, user))
 
 
 async def test_migrations_produce_the_schema_file(database: Database) -> None:

@@ -23,19 +23,16 @@ from oauth.connect_links import redeem_connect_ticket
 from oauth.keyring import Keyring
 from oauth.store import TokenStore
 from oauth.vault import TokenBundle
-from sql import QUERIES, create_pool, rls_transaction
+from sql import create_pool
 from tests.conftest import GatewayFactory
 from tests.support.databases import Database
 from tests.support.oidc_provider import OidcProvider
 from tests.support.processes import Server, start_uvicorn
+from tests.support.tenants import Who
+from tests.support.tenants import new_user as fresh_user
 
 LINK = re.compile(r"https://gatehouse\.test/connect\?ticket=([A-Za-z0-9_-]{43})")
 
-
-@dataclass(frozen=True)
-class Who:
-    org_id: str
-    user_id: str
 
 
 @dataclass(frozen=True)
@@ -63,10 +60,7 @@ async def env(
 
 
 async def new_user(env: Env) -> Who:
-    who = Who("acme", f"user-{uuid.uuid4().hex[:10]}")
-    async with rls_transaction(env.pool, who) as conn:
-        await conn.fetchval(QUERIES["provision_principal"], who.org_id, who.user_id, ["member"])
-    return who
+    return await fresh_user(env.pool)
 
 
 async def connect(env: Env, who: Who, *, scopes: str = "repo, read:user",

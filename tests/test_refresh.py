@@ -31,16 +31,12 @@ from oauth.refresh import Refresher, lock_key
 from oauth.store import TokenStore
 from oauth.token_endpoint import ClientCredentials, TokenEndpoint
 from oauth.vault import TokenBundle
-from sql import QUERIES, create_pool, rls_transaction
+from sql import create_pool
 from tests.support.databases import Database, scratch_database
+from tests.support.tenants import Who, provision
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-@dataclass(frozen=True)
-class Who:
-    org_id: str
-    user_id: str
 
 
 @dataclass
@@ -145,8 +141,7 @@ def refresher(
 async def connect(env: Env, refresh_token: str, *, expired: bool = True) -> Who:
     """A provisioned user with a github connection, expired (or valid) an hour ago/ahead."""
     who = Who(f"org-{uuid.uuid4().hex[:8]}", f"user-{uuid.uuid4().hex[:8]}")
-    async with rls_transaction(env.pool, who) as conn:
-        await conn.fetchval(QUERIES["provision_principal"], who.org_id, who.user_id, [])
+    await provision(env.pool, who, roles=())
     delta = timedelta(hours=-1 if expired else 1)
     bundle = TokenBundle(f"AT-old-{secrets.token_hex(8)}", refresh_token, datetime.now(UTC) + delta)
     await TokenStore(env.pool, Keyring.parse(env.keyring_config)).save(who, "github", bundle)

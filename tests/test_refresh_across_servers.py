@@ -34,11 +34,13 @@ from oauth.keyring import Keyring, generate_entry
 from oauth.keys import load_private_key
 from oauth.store import TokenStore
 from oauth.vault import TokenBundle
-from sql import QUERIES, create_pool, rls_transaction
+from sql import create_pool
 from tests.conftest import InternalKeys
 from tests.support.databases import Database
 from tests.support.github_standin import GitHubStandIn, Handler
 from tests.support.processes import Server, start_uvicorn
+from tests.support.tenants import Who
+from tests.support.tenants import new_user as fresh_user
 
 CALLS_PER_SERVER = 25
 REFRESH_DELAY = 0.5  # seconds the token endpoint takes: every other call arrives meanwhile
@@ -125,11 +127,6 @@ def stack(
         standin.stop()
 
 
-@dataclass(frozen=True)
-class Who:
-    org_id: str
-    user_id: str
-
 
 @dataclass(frozen=True)
 class Vault:
@@ -148,10 +145,7 @@ async def vault(stack: Stack, database: Database) -> AsyncIterator[Vault]:
 
 async def new_user(vault: Vault) -> Who:
     """Provision the user as the gateway does on a first request (the vault needs the row)."""
-    who = Who("acme", f"refresh-{uuid.uuid4().hex[:10]}")
-    async with rls_transaction(vault.pool, who) as conn:
-        await conn.fetchval(QUERIES["provision_principal"], who.org_id, who.user_id, ["member"])
-    return who
+    return await fresh_user(vault.pool, prefix="refresh")
 
 
 async def test_fifty_concurrent_calls_on_an_expired_grant_refresh_once_across_two_servers(

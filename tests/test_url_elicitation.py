@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,10 +35,12 @@ from mcp_types import (
 from redis.asyncio import Redis
 
 from oauth.connect_links import redeem_connect_ticket
-from sql import QUERIES, create_pool, rls_transaction
+from sql import create_pool
 from tests.support.databases import Database
 from tests.support.oidc_provider import OidcProvider
 from tests.support.processes import Server
+from tests.support.tenants import Who
+from tests.support.tenants import new_user as fresh_user
 
 LINK = re.compile(r"^https://gatehouse\.test/connect\?ticket=([A-Za-z0-9_-]{43})$")
 TEXT_LINK = re.compile(r"https://gatehouse\.test/connect\?ticket=([A-Za-z0-9_-]{43})")
@@ -47,11 +48,6 @@ DECLARES_URL: dict[str, Any] = {
     CLIENT_CAPABILITIES_META_KEY: {"elicitation": {"form": {}, "url": {}}}}
 DECLARES_FORM_ONLY: dict[str, Any] = {CLIENT_CAPABILITIES_META_KEY: {"elicitation": {"form": {}}}}
 
-
-@dataclass(frozen=True)
-class Who:
-    org_id: str
-    user_id: str
 
 
 @dataclass(frozen=True)
@@ -76,10 +72,7 @@ async def env(
 
 
 async def new_user(env: Env) -> Who:
-    who = Who("acme", f"elicit-{uuid.uuid4().hex[:10]}")
-    async with rls_transaction(env.pool, who) as conn:
-        await conn.fetchval(QUERIES["provision_principal"], who.org_id, who.user_id, ["member"])
-    return who
+    return await fresh_user(env.pool, prefix="elicit")
 
 
 async def never_called(context: Any, params: ElicitRequestParams) -> ElicitResult:

@@ -23,14 +23,9 @@ from oauth.keyring import Keyring, generate_entry
 from oauth.rotation import rotate
 from oauth.store import TokenStore
 from oauth.vault import NONCE_BYTES, ConnectionRef, Sealed, TokenBundle, Vault, associated_data
-from sql import QUERIES, DatabaseError, create_pool, rls_transaction
+from sql import DatabaseError, create_pool, rls_transaction
 from tests.support.databases import Database, pg_dump_for, scratch_database
-
-
-@dataclass(frozen=True)
-class Who:
-    org_id: str
-    user_id: str
+from tests.support.tenants import Who, provision
 
 
 @dataclass(frozen=True)
@@ -59,10 +54,6 @@ def new_keyring(*ids: str) -> Keyring:
 def fresh_who(org: str | None = None) -> Who:
     return Who(org or f"org-{uuid.uuid4().hex[:8]}", f"user-{uuid.uuid4().hex[:8]}")
 
-
-async def provision(pool: asyncpg.Pool, who: Who) -> None:
-    async with rls_transaction(pool, who) as conn:
-        await conn.fetchval(QUERIES["provision_principal"], who.org_id, who.user_id, ["member"])
 
 
 def bundle(tag: str = "") -> TokenBundle:
