@@ -94,12 +94,16 @@ async def _form_session(request: Request) -> tuple[Services, SessionStore, Brows
     return services, sessions, session
 
 
+def _stale_form() -> Response:
+    return message("Request refused", "This form is stale or did not come from this "
+                   "page. Reload the page and try again.", status=403)
+
+
 async def start(request: Request) -> Response:
     try:
         services, _, session = await _form_session(request)
     except csrf.CsrfRejected:
-        return message("Request refused", "This form is stale or did not come from this "
-                       "page. Reload the page and try again.", status=403)
+        return _stale_form()
     provider = request.path_params["provider"]
     try:
         answer = await internal.call(services, session, "POST", "/authorize",
@@ -147,8 +151,7 @@ async def disconnect(request: Request) -> Response:
     try:
         services, sessions, session = await _form_session(request)
     except csrf.CsrfRejected:
-        return message("Request refused", "This form is stale or did not come from this "
-                       "page. Reload the page and try again.", status=403)
+        return _stale_form()
     provider = request.path_params["provider"]
     try:
         result = await internal.call(services, session, "POST", "/disconnect",
