@@ -39,8 +39,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from gateway.api.sessions import NotFound, usable_session
+from gateway.api.sessions import usable_session
 from gateway.audit import AuditEntry
+from gateway.errors import NotFound
 from gateway.principal import Principal
 from sql import QUERIES, apply_migrations, create_pool, rls_transaction
 
