@@ -94,7 +94,7 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
             ),
             provisioner=Provisioner(pool, ttl=settings.provisioning_cache_seconds),
             user_limiter=RateLimiter(
-                settings.redis_url,
+                redis,
                 settings.user_rate_limit,
                 namespace="gatehouse-user",
                 policy=FailurePolicy.OPEN
@@ -108,7 +108,7 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
             metrics=Metrics(),
             audit=AuditTrail(
                 pool,
-                RateLimiter(settings.redis_url, settings.audit_auth_failure_limit,
+                RateLimiter(redis, settings.audit_auth_failure_limit,
                             namespace="gatehouse-audit"),
             ),
             activity=SessionActivity(pool),

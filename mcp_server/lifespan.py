@@ -68,12 +68,12 @@ class ProviderRuntime:
     http: aiohttp.ClientSession
 
 
-def _limits(settings: McpServerSettings, redis_url: str) -> ToolLimits:
+def _limits(settings: McpServerSettings, redis: Redis) -> ToolLimits:
     policy = FailurePolicy.OPEN if settings.rate_limit_fail_open else FailurePolicy.CLOSED
     ns = settings.resilience_namespace
 
     def limiter(limit: str, name: str) -> RateLimiter:
-        return RateLimiter(redis_url, limit, namespace=f"{ns}:tools:{name}", policy=policy)
+        return RateLimiter(redis, limit, namespace=f"{ns}:tools:{name}", policy=policy)
 
     per_tool = {t: limiter(limit, "user-tool") for t, limit in settings.tool_rate_limits.items()}
     return ToolLimits(
@@ -105,7 +105,7 @@ async def _vault(
     refresher = Refresher(store, redis, grants, margin=REFRESH_MARGIN)
     ttl = settings.token_cache_seconds
     cache = ConnectionCache(pool, store.vault, ttl=ttl) if ttl > 0 else None
-    return Vault(store, refresher, redis, _limits(settings, settings.redis_url), cache)
+    return Vault(store, refresher, redis, _limits(settings, redis), cache)
 
 
 def _apis(

@@ -1,10 +1,10 @@
 """Running one provider tool call: limits, the user's token, the call, and clear MCP errors.
 
-Order: the per-(user, tool), per-(organisation, provider) and per-provider limits are hit
-together (one Redis round trip of latency, not three), then the user's token is loaded (and if
-due, refreshed), then the call goes through the provider's circuit breaker. Hitting the limits
-together means a call refused by one limit still counts against the others: a user past their
-own limit keeps spending the organisation's budget, bounded by the gateway's per-user limit.
+Order: the per-(user, tool), per-(organisation, provider) and per-provider limits and the
+provider's circuit breaker decide in one Redis script run (:func:`resilience.admit`: one round
+trip, all or nothing, so a call refused by one limit counts against none), then the user's token
+is loaded (and if due, refreshed), then the call is made under the breaker's admission. A call
+admitted but not made (the user is not connected, say) gives its half-open trial slot back.
 
 Every failure becomes a :class:`ToolError` whose text a person can act on:
 
@@ -32,7 +32,6 @@ the answer stays the plain tool error with the link.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -46,7 +45,7 @@ from fastmcp.tools import ToolResult
 from mcp.shared.exceptions import UrlElicitationRequiredError
 
 from mcp_server.auth import current_caller
-from mcp_server.lifespan import REFRESH_MARGIN, RUNTIME_KEY, ProviderRuntime, Vault
+from mcp_server.lifespan import REFRESH_MARGIN, RUNTIME_KEY, ProviderRuntime, ToolLimits, Vault
 from oauth.assertion import CallerIdentity
 from oauth.connect_links import issue_connect_link
 from oauth.errors import NeedsReconnect, NotConnected, RefreshFailed, VaultError
@@ -57,7 +56,7 @@ from oauth.provider_client import (
     ProviderUnauthorized,
     ProviderUnavailable,
 )
-from resilience import CircuitOpen, Decision, LimiterUnavailable
+from resilience import BreakerTicket, CircuitOpen, LimiterUnavailable, admit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -135,18 +134,10 @@ async def _run(
     tool: str, provider: str, scopes: tuple[str, ...], call: ProviderCall[T],
 ) -> T:
     name = api.spec.display_name
-    limits = vault.limits
-    decisions = await asyncio.gather(
-        _hit(limits.for_tool(tool).hit(caller.org_id, caller.user_id, tool)),
-        _hit(limits.org_provider.hit(caller.org_id, provider)),
-        _hit(limits.provider.hit(provider)),
-    )
-    _admit(decisions[0], f"your limit for {tool}")
-    _admit(decisions[1], f"your organisation's limit for {name}")
-    _admit(decisions[2], f"this server's limit for {name}")
-    token = await _token(runtime, vault, caller, provider, name)
+    view = api.admitted(await _admit(vault.limits, api, caller, tool, provider))
     try:
-        return await call(api, token)
+        token = await _token(runtime, vault, caller, provider, name)
+        return await call(view, token)
     except ProviderUnauthorized:
         if vault.cache is not None:
             vault.cache.forget(caller, provider)
@@ -161,29 +152,39 @@ async def _run(
             f"your {name} connection is missing scope {needed}; reconnect granting it", link
         ) from None
     except CircuitOpen as exc:
-        raise ToolError(
-            f"{name} is unavailable (failing recently); retry in {exc.retry_after:.0f} s"
-        ) from None
+        raise _unavailable(name, exc) from None
     except ProviderUnavailable as exc:
         raise ToolError(f"{name} is unavailable right now ({exc.reason}); retry later") from None
     except ProviderRejected as exc:
         raise ToolError(str(exc)) from None
+    finally:
+        await view.release_unused()
 
 
-async def _hit(pending: Awaitable[Decision]) -> Decision | None:
-    """A decision, or None when the limit store is down and the policy is fail-closed."""
+async def _admit(limits: ToolLimits, api: ProviderApi, caller: CallerIdentity, tool: str,
+                 provider: str) -> BreakerTicket | None:
+    """The three limits and the provider's breaker, in one Redis round trip."""
+    buckets = [limits.for_tool(tool).bucket(caller.org_id, caller.user_id, tool),
+               limits.org_provider.bucket(caller.org_id, provider),
+               limits.provider.bucket(provider)]
     try:
-        return await pending
+        admission = await admit(buckets, api.breaker)
     except LimiterUnavailable:
-        return None
+        raise ToolError("rate limits cannot be checked right now; retry shortly") from None
+    name = api.spec.display_name
+    whose = (f"your limit for {tool}", f"your organisation's limit for {name}",
+             f"this server's limit for {name}")
+    for decision, what in zip(admission.decisions, whose, strict=True):
+        if not decision.allowed:
+            raise ToolError(f"rate limit exceeded ({what}: {decision.limit} per "
+                            f"{decision.window_seconds} s); retry in {decision.retry_after} s")
+    if admission.ticket is not None and not admission.ticket.admitted:
+        raise _unavailable(name, CircuitOpen(api.breaker.name, admission.ticket.retry_after))
+    return admission.ticket
 
 
-def _admit(decision: Decision | None, what: str) -> None:
-    if decision is None:
-        raise ToolError("rate limits cannot be checked right now; retry shortly")
-    if not decision.allowed:
-        raise ToolError(f"rate limit exceeded ({what}: {decision.limit} per "
-                        f"{decision.window_seconds} s); retry in {decision.retry_after} s")
+def _unavailable(name: str, exc: CircuitOpen) -> ToolError:
+    return ToolError(f"{name} is unavailable (failing recently); retry in {exc.retry_after:.0f} s")
 
 
 async def _token(

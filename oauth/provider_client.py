@@ -22,6 +22,7 @@ error *codes* when they look like codes; the token never appears in any message.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import re
 from collections.abc import Mapping
@@ -33,7 +34,7 @@ from multidict import CIMultiDictProxy
 
 from oauth.catalogue import ProviderSpec
 from oauth.errors import OAuthError
-from resilience import CircuitBreaker
+from resilience import BreakerTicket, CircuitBreaker
 
 MAX_RESPONSE_BYTES = 1_048_576
 MAX_REDIRECTS = 3
@@ -104,6 +105,24 @@ class ProviderApi:
         self._breaker = breaker
         self._timeout = timeout
         self._max_bytes = max_bytes
+        self._ticket: BreakerTicket | None = None
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._breaker
+
+    def admitted(self, ticket: BreakerTicket | None) -> ProviderApi:
+        """This API for one tool call whose first request the breaker already admitted (in
+        the same Redis round trip as the rate limits); later requests are admitted as usual."""
+        view = copy.copy(self)
+        view._ticket = ticket
+        return view
+
+    async def release_unused(self) -> None:
+        """The admitted request was never made: give its half-open trial slot back."""
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            await self._breaker.release(ticket)
 
     def url(self, path: str) -> str:
         """``path`` (already percent-encoded by the caller) under the API base URL."""
@@ -121,7 +140,8 @@ class ProviderApi:
         """Call ``url`` as the token's owner; the parsed JSON answer or a ProviderCallError."""
         headers = {"Accept": "application/json", **self.spec.api_headers,
                    "Authorization": f"Bearer {token}"}
-        async with self._breaker.guard():
+        ticket, self._ticket = self._ticket, None
+        async with self._breaker.guard(ticket):
             status, response_headers, body = await self._send(
                 method, url, headers, params, json_body
             )

@@ -1,12 +1,15 @@
 """Rate limits, Redis connections and circuit breakers; knows nothing of the app."""
 
-from resilience.breaker import BreakerState, CircuitBreaker
+from resilience.breaker import BreakerState, BreakerTicket, CircuitBreaker
 from resilience.errors import CircuitOpen, LimiterUnavailable, ResilienceError
-from resilience.ratelimit import Decision, FailurePolicy, RateLimiter
+from resilience.ratelimit import Admission, Bucket, Decision, FailurePolicy, RateLimiter, admit
 from resilience.redis import create_redis
 
 __all__ = [
+    "Admission",
     "BreakerState",
+    "BreakerTicket",
+    "Bucket",
     "CircuitBreaker",
     "CircuitOpen",
     "Decision",
@@ -14,5 +17,6 @@ __all__ = [
     "LimiterUnavailable",
     "RateLimiter",
     "ResilienceError",
+    "admit",
     "create_redis",
 ]

@@ -13,7 +13,12 @@ Redis and outside any lock: a breaker never serialises calls. Each outcome carri
 *generation* it was admitted in; outcomes from an older generation (a slow call admitted before
 the breaker opened, or a trial from an abandoned round) are ignored. A half-open round whose
 slots are all taken but which has not concluded within ``reset_timeout`` (its trials hung or
-their process died) is abandoned and a new round starts.
+their process died) is abandoned and a new round starts. A caller admitted but not making its
+call after all gives the slot back (:meth:`CircuitBreaker.release`).
+
+The transition is also a Lua *function* (:data:`TRANSITION_FUNCTION_LUA`), so that
+:func:`resilience.admit` can take a breaker's admission and several rate limits in one atomic
+script run — one Redis round trip on a provider call's hot path instead of two.
 
 Time: by default Redis's own clock (``TIME``) decides, so replicas' clock skew does not matter.
 Tests pass ``clock``; its value is then sent with every script run. Key TTLs only collect idle
@@ -33,10 +38,10 @@ import enum
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from redis.asyncio import Redis
@@ -53,57 +58,72 @@ REDIS_DEADLINE = 1.0
 REDIS_RETRY_SECONDS = 1.0
 MIN_KEY_TTL = 86_400
 
-# KEYS[1]: the breaker's hash. ARGV: op (admit | success | failure | state), now ("" = Redis
-# TIME), generation, failure_threshold, window_seconds, reset_timeout, half_open_max_calls, ttl.
-# Hash fields: state, gen, since (closed: first failure of the window; open: opened at;
+# One transition on one breaker's hash, as a Lua function so that other scripts (the rate
+# limiter's combined admission) can run it in the same atomic script. ``op``: admit | success |
+# failure | release | state; ``gen_arg``: the generation an outcome belongs to (-1 for admit and
+# state). Hash fields: state, gen, since (closed: first failure of the window; open: opened at;
 # half_open: round start), failures (closed), trials (half_open slots taken), passed (successes).
 # Returns {admitted 0|1, gen, state, seconds until a retry can pass (string)}.
-TRANSITION_LUA = """
-local key, op, gen_arg = KEYS[1], ARGV[1], tonumber(ARGV[3])
-local now = tonumber(ARGV[2])
-if not now then
+TRANSITION_FUNCTION_LUA = """
+local function breaker_transition(key, op, gen_arg, now, threshold, window, reset, max_trials,
+                                  ttl)
+  local h = redis.call('HMGET', key, 'state', 'gen', 'since', 'failures', 'trials', 'passed')
+  local state, gen = h[1] or 'closed', tonumber(h[2]) or 0
+  local since, failures = tonumber(h[3]) or now, tonumber(h[4]) or 0
+  local trials, passed = tonumber(h[5]) or 0, tonumber(h[6]) or 0
+
+  local function enter(new_state)
+    state, gen, since, failures, trials, passed = new_state, gen + 1, now, 0, 0, 0
+  end
+
+  if state ~= 'closed' and now >= since + reset and (state == 'open' or trials >= max_trials) then
+    enter('half_open')
+  end
+  local admitted = 0
+  if op == 'admit' then
+    if state == 'closed' then
+      admitted = 1
+    elseif state == 'half_open' and trials < max_trials then
+      admitted, trials = 1, trials + 1
+    end
+  elseif gen_arg == gen and state == 'half_open' then
+    if op == 'failure' then
+      enter('open')
+    elseif op == 'success' then
+      passed = passed + 1
+      if passed >= max_trials then enter('closed') end
+    elseif op == 'release' then
+      trials = math.max(0, trials - 1)
+    end
+  elseif gen_arg == gen and state == 'closed' and op == 'failure' then
+    if failures == 0 or now >= since + window then since, failures = now, 0 end
+    failures = failures + 1
+    if failures >= threshold then enter('open') end
+  end
+  redis.call('HSET', key, 'state', state, 'gen', gen, 'since', since, 'failures', failures,
+             'trials', trials, 'passed', passed)
+  redis.call('EXPIRE', key, ttl)
+  local wait = 0
+  if state ~= 'closed' then wait = math.max(0, since + reset - now) end
+  return {admitted, gen, state, tostring(wait)}
+end
+"""
+
+# Time: the caller's clock when it passes one (tests), else Redis's own clock.
+NOW_LUA = """
+local function now_or_time(given)
+  local now = tonumber(given)
+  if now then return now end
   local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-local threshold, window, reset = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local max_trials, ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
-local h = redis.call('HMGET', key, 'state', 'gen', 'since', 'failures', 'trials', 'passed')
-local state, gen = h[1] or 'closed', tonumber(h[2]) or 0
-local since, failures = tonumber(h[3]) or now, tonumber(h[4]) or 0
-local trials, passed = tonumber(h[5]) or 0, tonumber(h[6]) or 0
+"""
 
-local function enter(new_state)
-  state, gen, since, failures, trials, passed = new_state, gen + 1, now, 0, 0, 0
-end
-
-if state ~= 'closed' and now >= since + reset and (state == 'open' or trials >= max_trials) then
-  enter('half_open')
-end
-local admitted = 0
-if op == 'admit' then
-  if state == 'closed' then
-    admitted = 1
-  elseif state == 'half_open' and trials < max_trials then
-    admitted, trials = 1, trials + 1
-  end
-elseif gen_arg == gen and state == 'half_open' then
-  if op == 'failure' then
-    enter('open')
-  elseif op == 'success' then
-    passed = passed + 1
-    if passed >= max_trials then enter('closed') end
-  end
-elseif gen_arg == gen and state == 'closed' and op == 'failure' then
-  if failures == 0 or now >= since + window then since, failures = now, 0 end
-  failures = failures + 1
-  if failures >= threshold then enter('open') end
-end
-redis.call('HSET', key, 'state', state, 'gen', gen, 'since', since, 'failures', failures,
-           'trials', trials, 'passed', passed)
-redis.call('EXPIRE', key, ttl)
-local wait = 0
-if state ~= 'closed' then wait = math.max(0, since + reset - now) end
-return {admitted, gen, state, tostring(wait)}
+# KEYS[1]: the breaker's hash. ARGV: now ("" = Redis TIME), op, generation, then the rules
+# (failure_threshold, window_seconds, reset_timeout, half_open_max_calls, ttl).
+TRANSITION_LUA = NOW_LUA + TRANSITION_FUNCTION_LUA + """
+return breaker_transition(KEYS[1], ARGV[2], tonumber(ARGV[3]), now_or_time(ARGV[1]),
+  tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
 """
 
 
@@ -122,8 +142,8 @@ class _Rules:
 
 
 @dataclass(frozen=True)
-class _Reply:
-    """One script result; for an admission, the ticket its outcome is recorded against."""
+class BreakerTicket:
+    """One transition's result; for an admission, the ticket its outcome is recorded against."""
 
     admitted: bool
     generation: int
@@ -148,7 +168,7 @@ class _LocalBreaker:
         self.state, self.gen, self.since = state, self.gen + 1, now
         self.failures = self.trials = self.passed = 0
 
-    def apply(self, op: str, generation: int, now: float) -> _Reply:
+    def apply(self, op: str, generation: int, now: float) -> BreakerTicket:
         r, admitted = self.rules, False
         stale = self.state is BreakerState.OPEN or self.trials >= r.half_open_max_calls
         if self.state is not BreakerState.CLOSED and now >= self.since + r.reset_timeout and stale:
@@ -165,6 +185,8 @@ class _LocalBreaker:
                 self.passed += 1
                 if self.passed >= r.half_open_max_calls:
                     self._enter(BreakerState.CLOSED, now)
+            elif op == "release":
+                self.trials = max(0, self.trials - 1)
         elif generation == self.gen and self.state is BreakerState.CLOSED and op == "failure":
             if self.failures == 0 or now >= self.since + r.window_seconds:
                 self.since, self.failures = now, 0
@@ -174,7 +196,7 @@ class _LocalBreaker:
         wait = 0.0
         if self.state is not BreakerState.CLOSED:
             wait = max(0.0, self.since + r.reset_timeout - now)
-        return _Reply(admitted, self.gen, self.state, wait, local=True)
+        return BreakerTicket(admitted, self.gen, self.state, wait, local=True)
 
 
 def _every_exception(exc: BaseException) -> bool:
@@ -222,9 +244,14 @@ class CircuitBreaker:
             return await fn()
 
     @asynccontextmanager
-    async def guard(self) -> AsyncIterator[None]:
-        """``async with breaker.guard(): ...`` — the body is the guarded call."""
-        ticket = await self._apply("admit")
+    async def guard(self, ticket: BreakerTicket | None = None) -> AsyncIterator[None]:
+        """``async with breaker.guard(): ...`` — the body is the guarded call.
+
+        ``ticket``: an admission already obtained (by :func:`resilience.admit`, together with
+        rate limits in one Redis round trip); without one the breaker admits the call itself.
+        """
+        if ticket is None:
+            ticket = await self._apply("admit")
         if not ticket.admitted:
             raise CircuitOpen(self.name, ticket.retry_after)
         try:
@@ -238,38 +265,67 @@ class CircuitBreaker:
         if ticket.state is not BreakerState.CLOSED:  # a closed breaker ignores successes
             await self._record(ticket, "success")
 
+    async def release(self, ticket: BreakerTicket) -> None:
+        """Give back an admission whose call will not be made (a half-open trial slot)."""
+        if ticket.admitted and ticket.state is BreakerState.HALF_OPEN:
+            await self._record(ticket, "release")
+
     async def state(self) -> BreakerState:
         """The current state (an open breaker past ``reset_timeout`` reports half-open)."""
         return (await self._apply("state")).state
 
-    async def _apply(self, op: str) -> _Reply:
-        if time.monotonic() >= self._skip_redis_until:
+    # For scripts that run this breaker's transition inside their own (resilience.ratelimit).
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @property
+    def shared(self) -> bool:
+        """Whether Redis is to be asked now (False for a while after it failed)."""
+        return time.monotonic() >= self._skip_redis_until
+
+    def script_args(self, op: str, generation: int) -> list[str | int | float]:
+        """ARGV for :data:`TRANSITION_LUA`: now, op, generation, then the rules."""
+        r = self._rules
+        now = "" if self._clock is None else repr(self._clock())
+        return [now, op, generation, r.failure_threshold, r.window_seconds, r.reset_timeout,
+                r.half_open_max_calls, self._ttl]
+
+    def ticket(self, reply: Sequence[Any]) -> BreakerTicket:
+        """The ticket in a :data:`TRANSITION_LUA` reply."""
+        admitted, gen, state, wait = reply
+        return BreakerTicket(bool(admitted), int(gen), BreakerState(_text(state)),
+                             float(_text(wait)))
+
+    def local_ticket(self) -> BreakerTicket:
+        """An admission by the in-process breaker (while Redis is being skipped)."""
+        return self._local.apply("admit", -1, self._now())
+
+    async def _apply(self, op: str) -> BreakerTicket:
+        if self.shared:
             try:
                 return await self._shared(op, -1)
             except (RedisError, OSError, TimeoutError) as exc:
-                self._redis_failed(exc)
+                self.redis_failed(exc)
         return self._local.apply(op, -1, self._now())
 
-    async def _record(self, ticket: _Reply, op: str) -> None:
+    async def _record(self, ticket: BreakerTicket, op: str) -> None:
         if ticket.local:
             self._local.apply(op, ticket.generation, self._now())
             return
         try:
             await self._shared(op, ticket.generation)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._redis_failed(exc)
+            self.redis_failed(exc)
 
-    async def _shared(self, op: str, generation: int) -> _Reply:
-        r = self._rules
-        now = "" if self._clock is None else repr(self._clock())
-        args: list[str | int | float] = [
-            op, now, generation, r.failure_threshold, r.window_seconds, r.reset_timeout,
-            r.half_open_max_calls, self._ttl]
+    async def _shared(self, op: str, generation: int) -> BreakerTicket:
         async with asyncio.timeout(REDIS_DEADLINE):
-            admitted, gen, state, wait = await self._script(keys=[self._key], args=args)
-        return _Reply(bool(admitted), int(gen), BreakerState(_text(state)), float(_text(wait)))
+            reply = await self._script(keys=[self._key], args=self.script_args(op, generation))
+        return self.ticket(reply)
 
-    def _redis_failed(self, exc: BaseException) -> None:
+    def redis_failed(self, exc: BaseException) -> None:
+        """Skip Redis for ``REDIS_RETRY_SECONDS``; the local breaker decides meanwhile."""
         self._skip_redis_until = time.monotonic() + REDIS_RETRY_SECONDS
         log.warning("breaker %r: Redis unavailable (%s); using the local breaker",
                     self.name, type(exc).__name__)

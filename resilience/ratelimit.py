@@ -1,31 +1,104 @@
-"""Distributed rate limits over Redis, built on the ``limits`` library.
+"""Distributed rate limits over Redis: several limits, and a breaker, decided in one script run.
 
-Decisions are made by a single ``hit()`` (atomic in Redis), never ``test()`` then ``hit()``.
-Identifiers are percent-encoded before ``limits`` joins them with "/", so ``("a/b", "c")`` and
-``("a", "b/c")`` can never share a bucket. When Redis is unreachable the configured
-:class:`FailurePolicy` decides: ``OPEN`` admits the request (availability first), ``CLOSED``
-raises :class:`LimiterUnavailable` (protection first). Either way the call returns within the
-Redis client's timeouts.
+A limit such as ``"600/minute"`` (parsed by the ``limits`` library) is a *sliding window
+counter*, the algorithm of ``limits``' ``SlidingWindowCounterRateLimiter``: a bucket counts the
+hits of the current fixed window and remembers the previous window's count, and a hit passes
+while ``previous * (share of the previous window still inside the sliding window) + current + 1
+<= limit``. Redis's clock (``TIME``) decides, so replicas' clock skew does not matter (tests
+pass ``clock``).
+
+:func:`admit` decides every bucket of one request — e.g. per (user, tool), per (organisation,
+provider) and per provider — and, when all of them have room, the provider's circuit breaker
+admission, in one Lua script: one round trip, atomic, and all or nothing. A request refused by
+one limit (or by the breaker) counts against none, so a user past their own limit cannot spend
+their organisation's budget. ``limits`` itself makes one round trip per limit and cannot make a
+breaker's admission part of the same atomic decision, which is why the script is ours; on this
+machine one ``limits`` hit cost about 210 µs of client CPU, one script run about 140 µs.
+
+Identifiers are percent-encoded before they are joined with ":", so ``("a:b", "c")`` and
+``("a", "b:c")`` can never share a bucket. When Redis is unreachable the limits'
+:class:`FailurePolicy` decides: ``OPEN`` admits (availability first), ``CLOSED`` raises
+:class:`LimiterUnavailable` (protection first); the breaker falls back to its local state.
+Either way the call returns within :data:`REDIS_DEADLINE`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
-import math
-import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from limits import RateLimitItem, parse
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
-from limits.errors import StorageError
+from limits import parse
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from resilience.breaker import NOW_LUA, TRANSITION_FUNCTION_LUA, BreakerTicket, CircuitBreaker
 from resilience.errors import LimiterUnavailable
-from resilience.redis import create_pool, limits_storage_uri
 
 log = logging.getLogger(__name__)
+
+REDIS_DEADLINE = 1.0  # seconds
+
+# KEYS: the n buckets, then (if asked) the breaker's hash. ARGV[1]: n; ARGV[2]: now ("" = Redis
+# TIME); ARGV[3 .. 2n+2]: each bucket's limit and window (seconds); then (if a breaker) its
+# ARGV for TRANSITION_LUA. A bucket is a hash {w: window index, c: hits in window w, p: hits in
+# window w - 1}. Returns a flat list: per bucket {has room 0|1, remaining, retry_after}; then the
+# breaker's reply.
+ADMIT_LUA = NOW_LUA + TRANSITION_FUNCTION_LUA + """
+local n, clock = tonumber(ARGV[1]), now_or_time(ARGV[2])
+local buckets, all = {}, true
+for i = 1, n do
+  local limit, window = tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2])
+  local h = redis.call('HMGET', KEYS[i], 'w', 'c', 'p')
+  local index = math.floor(clock / window)
+  local w, c, p = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
+  if w ~= index then
+    if w == index - 1 then p = c else p = 0 end
+    c = 0
+  end
+  local elapsed = clock - index * window
+  local weighted = p * (window - elapsed) / window + c
+  local room = weighted + 1 <= limit
+  if not room then all = false end
+  buckets[i] = {limit = limit, window = window, index = index, c = c, p = p,
+                elapsed = elapsed, weighted = weighted, room = room}
+end
+local out, breaker = {}, nil
+if all and #KEYS > n then
+  local a = 2 * n + 3
+  breaker = breaker_transition(KEYS[n + 1], ARGV[a + 1], tonumber(ARGV[a + 2]),
+    now_or_time(ARGV[a]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]),
+    tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]))
+  if breaker[1] == 0 then all = false end
+end
+for i = 1, n do
+  local b = buckets[i]
+  local retry = 0
+  if all then
+    redis.call('HSET', KEYS[i], 'w', b.index, 'c', b.c + 1, 'p', b.p)
+    redis.call('PEXPIRE', KEYS[i], math.ceil(2000 * b.window))
+    b.weighted = b.weighted + 1
+  elseif not b.room then
+    if b.c + 1 > b.limit then  -- wait for the next window and for this one's weight to fade
+      retry = b.window - b.elapsed + b.window * math.max(0, 1 - (b.limit - 1) / b.c)
+    else  -- wait for the previous window's weight to fade enough
+      retry = b.window * (1 - (b.limit - b.c - 1) / b.p) - b.elapsed
+    end
+  end
+  local flag = 0
+  if b.room then flag = 1 end
+  table.insert(out, flag)
+  table.insert(out, math.max(0, math.floor(b.limit - b.weighted)))
+  table.insert(out, math.max(1, math.ceil(retry)))
+end
+if breaker then
+  for _, v in ipairs(breaker) do table.insert(out, v) end
+end
+return out
+"""
 
 
 class FailurePolicy(enum.Enum):
@@ -35,7 +108,11 @@ class FailurePolicy(enum.Enum):
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome of one hit; ``retry_after`` is whole seconds until a retry can succeed."""
+    """One bucket's verdict; ``retry_after`` is whole seconds until a retry can succeed.
+
+    ``allowed`` says whether this bucket had room; :attr:`Admission.admitted` whether the
+    request as a whole passed (and so was counted).
+    """
 
     allowed: bool
     limit: int
@@ -45,8 +122,23 @@ class Decision:
     degraded: bool = False
 
 
-def _encode(identifiers: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(quote(part, safe="") for part in identifiers)
+@dataclass(frozen=True)
+class Bucket:
+    """One identifier tuple under one limit."""
+
+    limiter: RateLimiter
+    key: str
+
+
+@dataclass(frozen=True)
+class Admission:
+    decisions: tuple[Decision, ...]
+    ticket: BreakerTicket | None  # the breaker's admission; None if none was asked or reached
+
+    @property
+    def admitted(self) -> bool:
+        breaker_ok = self.ticket is None or self.ticket.admitted
+        return breaker_ok and all(d.allowed for d in self.decisions)
 
 
 class RateLimiter:
@@ -54,42 +146,75 @@ class RateLimiter:
 
     def __init__(
         self,
-        redis_url: str,
+        redis: Redis,
         limit: str,
         *,
         namespace: str,
         policy: FailurePolicy = FailurePolicy.OPEN,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        self._item: RateLimitItem = parse(limit)
-        self._namespace = namespace
-        self._policy = policy
-        self._storage = RedisStorage(
-            limits_storage_uri(redis_url),
-            implementation="redispy",
-            wrap_exceptions=True,
-            # limits types its options as scalars but hands this one to redis-py as is.
-            connection_pool=create_pool(redis_url),  # type: ignore[arg-type]
-        )
-        self._strategy = SlidingWindowCounterRateLimiter(self._storage)
+        item = parse(limit)
+        self.clock = clock  # tests; by default Redis's clock decides
+        self.limit = item.amount
+        self.window_seconds = int(item.get_expiry())
+        self.policy = policy
+        self.script = redis.register_script(ADMIT_LUA)
+        self._prefix = f"{namespace}:{self.limit}/{self.window_seconds}"
 
-    @property
-    def window_seconds(self) -> int:
-        return int(self._item.get_expiry())
+    def bucket(self, *identifiers: str) -> Bucket:
+        return Bucket(self, ":".join([self._prefix, *(quote(i, safe="") for i in identifiers)]))
 
     async def hit(self, *identifiers: str) -> Decision:
-        key = (self._namespace, *_encode(identifiers))
-        try:
-            if await self._strategy.hit(self._item, *key):
-                return Decision(True, self._item.amount, -1, 0, self.window_seconds)
-            stats = await self._strategy.get_window_stats(self._item, *key)
-        except (StorageError, OSError, TimeoutError) as exc:
-            return self._degraded(exc)
-        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-        return Decision(False, self._item.amount, stats.remaining, retry_after, self.window_seconds)
+        """Count one hit if the bucket has room; the decision either way."""
+        return (await admit([self.bucket(*identifiers)])).decisions[0]
 
-    def _degraded(self, exc: BaseException) -> Decision:
-        log.warning("rate-limit store unavailable (%s); failing %s", type(exc).__name__,
-                    self._policy.value)
-        if self._policy is FailurePolicy.CLOSED:
-            raise LimiterUnavailable("rate-limit store unavailable") from exc
-        return Decision(True, self._item.amount, -1, 0, self.window_seconds, degraded=True)
+    def decision(self, allowed: int, remaining: int, retry_after: int) -> Decision:
+        return Decision(bool(allowed), self.limit, remaining, 0 if allowed else retry_after,
+                        self.window_seconds)
+
+    def degraded(self) -> Decision:
+        if self.policy is FailurePolicy.CLOSED:
+            raise LimiterUnavailable("rate-limit store unavailable")
+        return Decision(True, self.limit, -1, 0, self.window_seconds, degraded=True)
+
+
+async def admit(buckets: Sequence[Bucket], breaker: CircuitBreaker | None = None) -> Admission:
+    """Decide every bucket and, if they all have room, the breaker, in one script run.
+
+    The buckets' limiters must share one Redis (the first one's is used). Pass the returned
+    ticket to ``breaker.guard(ticket)`` around the call; if the call is not made after all,
+    to ``breaker.release(ticket)``.
+    """
+    if not buckets:
+        raise ValueError("admit needs at least one bucket")
+    keys = [b.key for b in buckets]
+    clock = buckets[0].limiter.clock
+    args: list[str | int | float] = [len(buckets), "" if clock is None else repr(clock())]
+    for b in buckets:
+        args += [b.limiter.limit, b.limiter.window_seconds]
+    ask_breaker = breaker is not None and breaker.shared
+    if breaker is not None and ask_breaker:
+        keys.append(breaker.key)
+        args += breaker.script_args("admit", -1)
+    try:
+        async with asyncio.timeout(REDIS_DEADLINE):
+            reply = await buckets[0].limiter.script(keys=keys, args=args)
+    except (RedisError, OSError, TimeoutError) as exc:
+        return _degraded(buckets, breaker, exc)
+    decisions = tuple(
+        b.limiter.decision(*reply[3 * i: 3 * i + 3]) for i, b in enumerate(buckets))
+    ticket = None
+    if breaker is not None and all(d.allowed for d in decisions):
+        ticket = breaker.ticket(reply[3 * len(buckets):]) if ask_breaker else breaker.local_ticket()
+    return Admission(decisions, ticket)
+
+
+def _degraded(buckets: Sequence[Bucket], breaker: CircuitBreaker | None,
+              exc: BaseException) -> Admission:
+    log.warning("rate-limit store unavailable (%s)", type(exc).__name__)
+    decisions = tuple(b.limiter.degraded() for b in buckets)
+    ticket = None
+    if breaker is not None:
+        breaker.redis_failed(exc)
+        ticket = breaker.local_ticket()
+    return Admission(decisions, ticket)

@@ -30,11 +30,3 @@ def create_redis(url: str) -> Redis:
     """An asyncio Redis client for ``redis://``, ``rediss://`` or ``unix://`` URLs."""
     return Redis(connection_pool=create_pool(url))
 
-
-def limits_storage_uri(url: str) -> str:
-    """The ``limits`` library's spelling of a Redis URL."""
-    if url.startswith("unix://"):
-        return "async+redis+unix://" + url.removeprefix("unix://")
-    if url.startswith(("redis://", "rediss://")):
-        return "async+" + url
-    raise ValueError("Redis URL must start with redis://, rediss:// or unix://")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -200,11 +201,32 @@ def test_per_user_limit_answers_429_with_retry_after(
     assert statuses == [200, 200, 200]
     resp = post_mcp(limited, token)
     assert_problem(resp, 429, "rate_limited")
-    assert 1 <= int(resp.headers["retry-after"]) <= 60
+    # Sliding window: the rest of this minute, then until 3 hits weigh at most 2 (20 s).
+    assert 1 <= int(resp.headers["retry-after"]) <= 80
     assert resp.headers["ratelimit-policy"] == '"user";q=3;w=60'
+    assert resp.headers["ratelimit"] == f'"user";r=0;t={resp.headers["retry-after"]}'
     # Another user of the same organisation has a bucket of their own.
     other = idp.access_token(org, "lars", ["member"])
     assert post_mcp(limited, other).status_code == 200
+
+
+async def test_two_gateways_sharing_redis_admit_exactly_the_limit(
+    start_gateway: Any, idp: OidcProvider
+) -> None:
+    """SECURITY 46: 500 concurrent requests on a limit of 100, spread over two replicas."""
+    replicas = [start_gateway(user_rate_limit="100/minute") for _ in range(2)]
+    token = idp.access_token(f"burst-{uuid.uuid4().hex[:8]}", "bo", ["member"])
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
+    body = json.dumps(LIST_TOOLS).encode()
+    limits = httpx.Limits(max_connections=100)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        answers = await asyncio.gather(*(
+            client.post(replicas[i % 2].url + "/mcp", content=body, headers=headers)
+            for i in range(500)))
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(200) == 100 and statuses.count(429) == 400
+    served = {a.request.url.port for a in answers if a.status_code == 200}
+    assert len(served) == 2  # both replicas admitted some
 
 
 # --- operational endpoints ----------------------------------------------------------------------
