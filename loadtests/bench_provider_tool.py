@@ -10,7 +10,8 @@ postgres superuser) and uses a Redis database that it may write to::
     python -m loadtests.bench_provider_tool [--seconds 3] [--rounds 5] [--concurrency 16]
 
 Both tools are called with byte-identical framing (protocol 2026-07-28, JSON responses) in
-alternating rounds; the median round is reported. Target: ≤ 0.5 ms added at p50, c=1.
+alternating rounds; the median round is reported, with the CPU time mcp_server spent per call
+(steadier than latency on a shared machine). Target: ≤ 0.5 ms added at p50, c=1.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ import asyncio
 import json
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import httpx
+import psutil
 
 from loadtests.bench_forwarding import AssertionSource, Result
 from oauth.assertion import AssertionSigner
@@ -58,8 +62,20 @@ CASES = {
 }
 
 
+def cpu_seconds(*pids: int) -> float:
+    """User + system CPU time the processes have used so far."""
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+
+
+@dataclass
+class Round:
+    result: Result
+    server_cpu_ms: float  # mcp_server CPU per call
+    provider_cpu_ms: float  # the loopback provider's CPU per call
+
+
 async def run(url: str, token: AssertionSource, case: str, concurrency: int,
-              seconds: float) -> Result:
+              seconds: float, pids: tuple[int, int]) -> Round:
     payload, marker = CASES[case]
     tool = "echo" if case == "echo" else "github_whoami"
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
@@ -84,9 +100,13 @@ async def run(url: str, token: AssertionSource, case: str, concurrency: int,
             while time.perf_counter() < deadline:
                 latencies.append(await call())
 
-        started = time.perf_counter()
+        started, server, provider = time.perf_counter(), cpu_seconds(pids[0]), cpu_seconds(pids[1])
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return Result(case, concurrency, len(latencies), time.perf_counter() - started, latencies)
+        result = Result(case, concurrency, len(latencies), time.perf_counter() - started,
+                        latencies)
+        calls = len(latencies)
+        return Round(result, (cpu_seconds(pids[0]) - server) * 1000 / calls,
+                     (cpu_seconds(pids[1]) - provider) * 1000 / calls)
 
 
 async def connect_user(db: Database, keys: str) -> str:
@@ -122,22 +142,31 @@ def start_standin(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("the GitHub stand-in did not start")
 
 
-async def measure(server: Server, signer: AssertionSigner, args: argparse.Namespace) -> None:
+async def measure(server: Server, standin: int, signer: AssertionSigner,
+                  args: argparse.Namespace) -> None:
     url, source = server.url + "/mcp", AssertionSource(signer)
-    medians: dict[tuple[str, int], Result] = {}
+    pids = (server.process.pid, standin)
+    medians: dict[tuple[str, int], Round] = {}
     for concurrency in (1, args.concurrency):
-        rounds: dict[str, list[Result]] = {"echo": [], "github": []}
+        rounds: dict[str, list[Round]] = {"echo": [], "github": []}
         for _ in range(args.rounds):
             for case in rounds:
-                rounds[case].append(await run(url, source, case, concurrency, args.seconds))
+                rounds[case].append(
+                    await run(url, source, case, concurrency, args.seconds, pids))
         for case, results in rounds.items():
-            medians[(case, concurrency)] = sorted(
-                results, key=lambda r: r.percentile(0.5))[len(results) // 2]
-            print(medians[(case, concurrency)].line(), flush=True)
+            median = sorted(results, key=lambda r: r.result.percentile(0.5))[len(results) // 2]
+            medians[(case, concurrency)] = median
+            cpu = statistics.median(r.server_cpu_ms for r in results)
+            print(f"{median.result.line()}   mcp_server CPU {cpu:.3f} ms/call", flush=True)
     for c in (1, args.concurrency):
-        added = medians[("github", c)].percentile(0.5) - medians[("echo", c)].percentile(0.5)
+        echo, github = medians[("echo", c)], medians[("github", c)]
+        added = github.result.percentile(0.5) - echo.result.percentile(0.5)
         print(f"added over echo at c={c}, p50: {added:.2f} ms"
               + (" (target <= 0.50)" if c == 1 else ""))
+    echo_cpu = medians[("echo", 1)].server_cpu_ms
+    github_cpu = medians[("github", 1)].server_cpu_ms
+    print(f"mcp_server CPU added per call at c=1: {github_cpu - echo_cpu:.3f} ms "
+          f"(the loopback provider itself: {medians[('github', 1)].provider_cpu_ms:.3f} ms)")
 
 
 def main() -> None:
@@ -173,7 +202,7 @@ def main() -> None:
             }, work, "mcp_server")
             try:
                 wait_healthy(server)
-                asyncio.run(measure(server, AssertionSigner(private), args))
+                asyncio.run(measure(server, standin.pid, AssertionSigner(private), args))
             finally:
                 server.stop()
     finally:

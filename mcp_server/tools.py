@@ -10,13 +10,15 @@ MAX_ECHO_CHARS = 100_000
 
 
 def register(mcp: FastMCP) -> None:
+    # async, though they await nothing: FastMCP runs a plain ``def`` tool on a worker thread,
+    # which cost echo about 0.4 ms of CPU per call here.
     @mcp.tool
-    def echo(text: str) -> str:
+    async def echo(text: str) -> str:
         """Return ``text`` unchanged: a round trip through the gateway, touching nothing else."""
         return text[:MAX_ECHO_CHARS]
 
     @mcp.tool
-    def whoami() -> dict[str, object]:
+    async def whoami() -> dict[str, object]:
         """The organisation, user, roles and request id this call was made as."""
         caller = current_caller()
         return {
