@@ -140,23 +140,27 @@ class ProviderApi:
         """Call ``url`` as the token's owner; the parsed JSON answer or a ProviderCallError."""
         headers = {"Accept": "application/json", **self.spec.api_headers,
                    "Authorization": f"Bearer {token}"}
+        payload = None
+        if json_body is not None:  # with a charset: Slack warns about JSON bodies without one
+            headers["Content-Type"] = "application/json; charset=utf-8"
+            payload = json.dumps(json_body).encode()
         ticket, self._ticket = self._ticket, None
         async with self._breaker.guard(ticket):
             status, response_headers, body = await self._send(
-                method, url, headers, params, json_body
+                method, url, headers, params, payload
             )
             return self._interpret(status, response_headers, body)  # inside: 5xx trips it
 
     async def _send(
         self, method: str, url: str, headers: dict[str, str],
-        params: Mapping[str, str] | None, json_body: object,
+        params: Mapping[str, str] | None, payload: bytes | None,
     ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         origin = _origin(url)
         try:
             async with asyncio.timeout(self._timeout):
                 for _ in range(MAX_REDIRECTS + 1):
                     async with self._session.request(
-                        method, url, headers=headers, params=params, json=json_body,
+                        method, url, headers=headers, params=params, data=payload,
                         allow_redirects=False,
                     ) as response:
                         location = response.headers.get("Location")
@@ -168,7 +172,8 @@ class ProviderApi:
                         raise ProviderRejected(self.spec.display_name, response.status,
                                                "redirect_to_other_host")
                     if response.status == 303:
-                        method, json_body = "GET", None
+                        method, payload = "GET", None
+                        headers.pop("Content-Type", None)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ProviderUnavailable(self.spec.display_name, type(exc).__name__) from None
         raise ProviderRejected(self.spec.display_name, 310, "too_many_redirects")

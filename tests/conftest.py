@@ -58,18 +58,26 @@ def idp() -> Iterator[OidcProvider]:
 def mcp_server(
     internal_keys: InternalKeys, work_dir: Path, database: Database, redis_url: str
 ) -> Iterator[Server]:
-    """mcp_server with the token vault and GitHub enabled against a loopback stand-in (its
-    URL, keyring and settings are in ``server.env``; see tests/support/github_standin.py)."""
+    """mcp_server with the token vault, and GitHub, Google and Slack enabled against loopback
+    stand-ins (URLs, keyring and settings are in ``server.env``; see tests/support/)."""
     import json
     import uuid
 
     from oauth.keyring import generate_entry
     from tests.support.github_standin import RunningStandIn
+    from tests.support.standin import Running
+    from tests.support.workspace_standins import GoogleStandIn, SlackStandIn
 
-    github = RunningStandIn()
-    providers = {"github": {"client_id": "gatehouse-test", "client_secret": "test-secret",
-                            "api_base_url": github.url,
-                            "token_endpoint": github.url + "/login/oauth/access_token"}}
+    github, google, slack = RunningStandIn(), Running(GoogleStandIn().app), Running(
+        SlackStandIn().app)
+    client = {"client_id": "gatehouse-test", "client_secret": "test-secret"}
+    providers = {
+        "github": {**client, "api_base_url": github.url,
+                   "token_endpoint": github.url + "/login/oauth/access_token"},
+        "google": {**client, "api_base_url": google.url,
+                   "userinfo_endpoint": google.url + "/v1/userinfo"},
+        "slack": {**client, "api_base_url": slack.url + "/api"},
+    }
     server = start_uvicorn(
         "mcp_server.app:create_app",
         {
@@ -86,7 +94,8 @@ def mcp_server(
     )
     yield server
     server.stop()
-    github.stop()
+    for standin in (github, google, slack):
+        standin.stop()
 
 
 GatewayFactory = Callable[..., Server]

@@ -1,5 +1,6 @@
 """Provider tools end to end: a real MCP client, the gateway, mcp_server, PostgreSQL, Redis and
-a loopback GitHub stand-in serving GitHub's documented shapes (the only fake)."""
+a loopback GitHub stand-in serving GitHub's documented shapes (Google's and Slack's tools are in
+test_workspace_tools.py)."""
 
 from __future__ import annotations
 
@@ -268,9 +269,9 @@ async def test_provider_error_bodies_are_not_reflected(gateway: Server, env: Env
 
 async def test_unconfigured_provider_says_so(gateway: Server, env: Env) -> None:
     who = await new_user(env)
-    result = await call(gateway, env, who, "google_list_calendar_events")
+    result = await call(gateway, env, who, "microsoft_whoami")
     assert result.is_error
-    assert text(result) == "provider 'google' is not configured on this Gatehouse server"
+    assert text(result) == "provider 'microsoft' is not configured on this Gatehouse server"
 
 
 # -- breaker and limits, on a stack of their own (their state must not leak into other tests) ----

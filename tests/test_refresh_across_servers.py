@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import threading
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -37,8 +36,9 @@ from oauth.vault import TokenBundle
 from sql import create_pool
 from tests.conftest import InternalKeys
 from tests.support.databases import Database
-from tests.support.github_standin import GitHubStandIn, Handler
+from tests.support.github_standin import GitHubStandIn
 from tests.support.processes import Server, start_uvicorn
+from tests.support.standin import Handler, Running
 from tests.support.tenants import Who
 from tests.support.tenants import new_user as fresh_user
 
@@ -69,24 +69,12 @@ class CountingStandIn(GitHubStandIn):
         return await super()._refresh(request)
 
 
-class RunningCountingStandIn:
+class RunningCountingStandIn(Running):
     """:class:`CountingStandIn` served from a background thread on 127.0.0.1."""
 
     def __init__(self) -> None:
         self.standin = CountingStandIn()
-        self._loop = asyncio.new_event_loop()
-        self._runner = web.AppRunner(self.standin.app, access_log=None)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        super().__init__(self.standin.app)
 
 
 @dataclass(frozen=True)

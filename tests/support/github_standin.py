@@ -8,45 +8,27 @@ credentials"), ``Accept: application/vnd.github+json`` and ``X-GitHub-Api-Versio
 Scopes are sent back in ``X-OAuth-Scopes``/``X-Accepted-OAuth-Scopes``; a write without
 ``repo`` is refused 403 with those headers.
 
-Tests drive it over HTTP (so it can also run as its own process for benchmarks:
-``python -m tests.support.github_standin --port 9999``):
-
-    POST /_standin/tokens   {"token", "login", "scopes": "repo, read:user", "refresh_token"}
-    POST /_standin/fail     {"token", "status", "count"}  the token's next ``count`` calls fail
-    GET  /_standin/requests?token=...                      what that token's calls looked like
+Tests drive it over HTTP through the ``/_standin`` routes of :mod:`tests.support.standin`
+(``scopes`` as GitHub spells them: "repo, read:user"); it also runs as a process of its own
+for benchmarks: ``python -m tests.support.github_standin --port 9999``.
 
 ``POST /login/oauth/access_token`` serves GitHub's refresh grant (client id and secret in the
 form, as ``client_secret_post``; errors as HTTP 200 with ``error``, as GitHub does).
-Failures and records are per token, so tests sharing one stand-in do not disturb each other.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import secrets
-import threading
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from tests.support.standin import ACCOUNT, Handler, Running, StandIn
+
 API_VERSION = "2022-11-28"
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 README = "# hello\n\nA repository served by the GitHub stand-in.\n"
-
-
-@dataclass
-class Account:
-    login: str
-    scopes: str
-    fail_status: int = 0
-    fail_count: int = 0
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    issues: int = 0
-    refreshes: int = 0
 
 
 def _repo(owner: str, name: str, private: bool, number: int) -> dict[str, Any]:
@@ -68,19 +50,13 @@ def _message(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response(body, status=status, headers=headers)
 
 
-ACCOUNT = web.RequestKey("account", Account)
-
-
-class GitHubStandIn:
+class GitHubStandIn(StandIn):
     def __init__(self, client: tuple[str, str] = ("gatehouse-test", "test-secret")) -> None:
+        super().__init__()
         self.client = client
-        self.accounts: dict[str, Account] = {}
-        self.refresh_tokens: dict[str, Account] = {}
         app = web.Application(middlewares=[self._github_rules])
         app.add_routes([
-            web.post("/_standin/tokens", self._add_token),
-            web.post("/_standin/fail", self._fail),
-            web.get("/_standin/requests", self._requests),
+            *self.control_routes(),
             web.post("/login/oauth/access_token", self._refresh),
             web.get("/user", self._user),
             web.get("/user/repos", self._repos),
@@ -94,19 +70,14 @@ class GitHubStandIn:
     async def _github_rules(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(("/_standin/", "/login/")):
             return await handler(request)
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        account = self.accounts.get(token) if scheme == "Bearer" else None
+        account = self.bearer_account(request)
         if account is None:
             return _message(401, "Bad credentials")
-        account.requests.append({
-            "method": request.method, "path": request.path, "query": dict(request.query),
-            "accept": request.headers.get("Accept"),
-            "api_version": request.headers.get("X-GitHub-Api-Version"),
-            "json": await request.json() if request.body_exists else None,
-        })
-        if account.fail_count > 0:
-            account.fail_count -= 1
-            return _message(account.fail_status, "Server Error" if account.fail_status >= 500
+        await self.record(request, account,
+                          api_version=request.headers.get("X-GitHub-Api-Version"))
+        failure = account.take_failure()
+        if failure:
+            return _message(failure, "Server Error" if failure >= 500
                             else "Stand-in failure <script>alert(1)</script>")
         if request.headers.get("Accept") != "application/vnd.github+json":
             return _message(415, "Unsupported 'Accept' header")
@@ -117,14 +88,6 @@ class GitHubStandIn:
         response.headers["X-OAuth-Scopes"] = account.scopes
         response.headers["X-GitHub-Api-Version-Selected"] = API_VERSION
         return response
-
-    async def _add_token(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        account = Account(body["login"], body.get("scopes", "repo"))
-        self.accounts[body["token"]] = account
-        if body.get("refresh_token"):
-            self.refresh_tokens[body["refresh_token"]] = account
-        return web.json_response({"ok": True})
 
     async def _refresh(self, request: web.Request) -> web.Response:
         """GitHub's token endpoint for ``grant_type=refresh_token`` (expiring user tokens)."""
@@ -142,16 +105,6 @@ class GitHubStandIn:
             "access_token": token, "expires_in": 28800, "refresh_token": refresh,
             "refresh_token_expires_in": 15897600, "scope": "", "token_type": "bearer",
         })
-
-    async def _fail(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        account = self.accounts[body["token"]]
-        account.fail_status, account.fail_count = int(body["status"]), int(body["count"])
-        return web.json_response({"ok": True})
-
-    async def _requests(self, request: web.Request) -> web.Response:
-        account = self.accounts.get(request.query.get("token", ""))
-        return web.json_response([] if account is None else account.requests)
 
     async def _user(self, request: web.Request) -> web.Response:
         login = request[ACCOUNT].login
@@ -191,7 +144,7 @@ class GitHubStandIn:
 
     async def _create_issue(self, request: web.Request) -> web.Response:
         account = request[ACCOUNT]
-        if "repo" not in [s.strip() for s in account.scopes.split(",")]:
+        if "repo" not in account.scope_set():
             return _message(403, "Resource not accessible by integration",
                             **{"X-Accepted-OAuth-Scopes": "repo"})
         body = await request.json()
@@ -227,25 +180,12 @@ class GitHubStandIn:
         })
 
 
-class RunningStandIn:
-    """The stand-in served from a background thread on 127.0.0.1; ``url`` is its base URL."""
+class RunningStandIn(Running):
+    """The GitHub stand-in served from a background thread; ``url`` is its base URL."""
 
     def __init__(self) -> None:
         self.standin = GitHubStandIn()
-        self._loop = asyncio.new_event_loop()
-        self._runner = web.AppRunner(self.standin.app, access_log=None)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        super().__init__(self.standin.app)
 
 
 def main() -> None:
