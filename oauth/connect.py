@@ -84,7 +84,8 @@ class CodeEndpoint(TokenEndpoint):
         form = {"grant_type": "authorization_code", "code": code,
                 "redirect_uri": redirect_uri, "code_verifier": verifier}
         status, document = await self._post(self._token_url, form)
-        if status != 200:
+        # Slack (and GitHub) refuse with HTTP 200 and an ``error`` member.
+        if status != 200 or (isinstance(document, dict) and "error" in document):
             raise ConnectRejected("exchange_failed", "The provider did not accept the sign-in.")
         id_token = document.get("id_token") if isinstance(document, dict) else None
         return TokenResponse.parse(document), id_token if isinstance(id_token, str) else None
@@ -212,7 +213,8 @@ class ConnectFlow:
         """Whom the grant is for, for display only (never used to authorise anything)."""
         claims: dict[str, object] = {}
         if provider.spec.userinfo_endpoint:
-            claims = await self._userinfo(provider.spec.userinfo_endpoint, access)
+            claims = await self._userinfo(provider.spec.userinfo_endpoint, access,
+                                          provider.spec.api_headers)
         if not claims and id_token:
             # Received straight from the token endpoint over the back channel; display only.
             try:
@@ -226,8 +228,11 @@ class ConnectFlow:
                 return str(value)[:_MAX_ACCOUNT]
         return ""
 
-    async def _userinfo(self, url: str, access: str) -> dict[str, object]:
-        headers = {"Authorization": f"Bearer {access}", "Accept": "application/json"}
+    async def _userinfo(self, url: str, access: str, api_headers: Mapping[str, str]
+                        ) -> dict[str, object]:
+        """The provider's API headers too (Notion's ``/v1/users/me`` needs Notion-Version)."""
+        headers = {"Accept": "application/json", **api_headers,
+                   "Authorization": f"Bearer {access}"}
         try:
             async with self._http.get(url, headers=headers, allow_redirects=False) as response:
                 body = await response.content.read(_MAX_USERINFO_BYTES)

@@ -33,8 +33,13 @@ class TokenResponse:
 
     @classmethod
     def parse(cls, document: object) -> TokenResponse:
+        """RFC 6749 §5.1, or Slack's user-token answer: with only ``user_scope`` requested,
+        ``oauth.v2.access`` puts the user's token under ``authed_user`` and none at the top."""
         if not isinstance(document, dict):
             raise TokenEndpointError("invalid_response")
+        nested = document.get("authed_user")
+        if "access_token" not in document and isinstance(nested, dict):
+            document = nested
         access, refresh = document.get("access_token"), document.get("refresh_token")
         expires_in, scope = document.get("expires_in"), document.get("scope")
         if not isinstance(access, str) or not access:
