@@ -144,9 +144,12 @@ def test_printf_formatting_is_refused() -> None:
 
 
 def test_template_syntax_in_a_variable_renders_literally() -> None:
-    text = render("{{ session.note }}", note="{{ 7*7 }} {% include '/etc/passwd' %}")
-    assert "{{ 7*7 }}" in text and "49" not in text
-    assert "{% include '/etc/passwd' %}" in text
+    # A fixed block id: a random one may itself contain "49".
+    composer = PromptComposer(clock=lambda: DAY, block_ids=lambda: "KNOWN")
+    text = render("{{ session.note }}", composer, note="{{ 7*7 }} {% include '/etc/passwd' %}")
+    assert text == (
+        '<user_data id="KNOWN">{{ 7*7 }} {% include \'/etc/passwd\' %}</user_data id="KNOWN">'
+    )
 
 
 def test_variables_must_be_plain_data() -> None:
