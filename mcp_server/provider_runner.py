@@ -61,6 +61,9 @@ from resilience import BreakerTicket, CircuitOpen, LimiterUnavailable, admit
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ProviderCall = Callable[[ProviderApi, str], Awaitable[T]]
+# Whose limit each of _admit's buckets is, in their order.
+_LIMIT_OWNERS = ("your limit for {tool}", "your organisation's limit for {name}",
+                 "this server's limit for {name}")
 URL_ELICITATION_VERSIONS = frozenset({"2025-11-25"})  # -32042 exists in these versions only
 
 
@@ -152,7 +155,7 @@ async def _run(
             f"your {name} connection is missing scope {needed}; reconnect granting it", link
         ) from None
     except CircuitOpen as exc:
-        raise _unavailable(name, exc) from None
+        raise _unavailable(name, exc.retry_after) from None
     except ProviderUnavailable as exc:
         raise ToolError(f"{name} is unavailable right now ({exc.reason}); retry later") from None
     except ProviderRejected as exc:
@@ -172,19 +175,18 @@ async def _admit(limits: ToolLimits, api: ProviderApi, caller: CallerIdentity, t
     except LimiterUnavailable:
         raise ToolError("rate limits cannot be checked right now; retry shortly") from None
     name = api.spec.display_name
-    whose = (f"your limit for {tool}", f"your organisation's limit for {name}",
-             f"this server's limit for {name}")
-    for decision, what in zip(admission.decisions, whose, strict=True):
+    for decision, whose in zip(admission.decisions, _LIMIT_OWNERS, strict=True):
         if not decision.allowed:
+            what = whose.format(tool=tool, name=name)
             raise ToolError(f"rate limit exceeded ({what}: {decision.limit} per "
                             f"{decision.window_seconds} s); retry in {decision.retry_after} s")
     if admission.ticket is not None and not admission.ticket.admitted:
-        raise _unavailable(name, CircuitOpen(api.breaker.name, admission.ticket.retry_after))
+        raise _unavailable(name, admission.ticket.retry_after)
     return admission.ticket
 
 
-def _unavailable(name: str, exc: CircuitOpen) -> ToolError:
-    return ToolError(f"{name} is unavailable (failing recently); retry in {exc.retry_after:.0f} s")
+def _unavailable(name: str, retry_after: float) -> ToolError:
+    return ToolError(f"{name} is unavailable (failing recently); retry in {retry_after:.0f} s")
 
 
 async def _token(
