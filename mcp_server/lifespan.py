@@ -98,8 +98,7 @@ async def _vault(
     stack.push_async_callback(redis.aclose)
     store = TokenStore(pool, keyring)
     grants = {
-        name: TokenEndpoint(http, p.spec.token_endpoint, p.client,
-                            revocation_url=p.spec.revocation_endpoint).refresh
+        name: TokenEndpoint(http, p.spec.token_endpoint, p.client).refresh
         for name, p in providers.items()
     }
     refresher = Refresher(store, redis, grants, margin=REFRESH_MARGIN)

@@ -9,8 +9,10 @@ no code: the operator gives its client id and secret (see ``mcp_server/providers
 Fields of a spec (JSON keys are the same names):
 
 ``display_name``; ``issuer`` (the ``iss`` an RFC 9207 callback must carry, or null);
-``authorization_endpoint``, ``token_endpoint``, ``revocation_endpoint`` (RFC 7009, or null),
-``userinfo_endpoint``; ``api_base_url`` (where the tools' paths are resolved);
+``authorization_endpoint``, ``token_endpoint``, ``revocation_endpoint`` (or null; may contain
+``{client_id}``) and ``revocation_style`` (``rfc7009``, ``github``, ``notion`` or ``slack``: see
+:mod:`oauth.revocation`), ``userinfo_endpoint``; ``api_base_url`` (where the tools' paths are
+resolved);
 ``default_scopes``; ``scope_parameter``/``scope_separator`` (Slack asks for user scopes in
 ``user_scope``, comma-separated); ``pkce`` (the provider supports S256); ``returns_iss`` (the
 provider sends RFC 9207 ``iss`` on its callbacks: the connect flow must then require it);
@@ -44,6 +46,7 @@ from oauth.token_endpoint import AuthMethod, ClientCredentials
 MAX_DISCOVERY_BYTES = 65_536
 DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
 ErrorStyle = Literal["http", "slack"]
+RevocationStyle = Literal["rfc7009", "github", "notion", "slack"]
 _ENDPOINTS = (
     "authorization_endpoint", "token_endpoint", "revocation_endpoint", "userinfo_endpoint",
     "api_base_url",
@@ -65,6 +68,7 @@ class ProviderSpec:
     api_base_url: str
     issuer: str | None = None
     revocation_endpoint: str | None = None
+    revocation_style: RevocationStyle = "rfc7009"
     default_scopes: tuple[str, ...] = ()
     scope_parameter: str = "scope"
     scope_separator: str = " "
@@ -86,6 +90,8 @@ class ProviderSpec:
             raise CatalogueError(f"{self.name}: unknown token_auth_method")
         if self.error_style not in ("http", "slack"):
             raise CatalogueError(f"{self.name}: unknown error_style")
+        if self.revocation_style not in ("rfc7009", "github", "notion", "slack"):
+            raise CatalogueError(f"{self.name}: unknown revocation_style")
         object.__setattr__(self, "authorization_params",
                            MappingProxyType(dict(self.authorization_params)))
         object.__setattr__(self, "api_headers", MappingProxyType(dict(self.api_headers)))
@@ -153,16 +159,17 @@ def load_catalogue(text: str | None = None) -> Mapping[str, ProviderSpec]:
 def with_overrides(spec: ProviderSpec, overrides: Mapping[str, str | None]) -> ProviderSpec:
     """The spec with some endpoints replaced (tests, sovereign clouds, enterprise servers).
 
-    A userinfo endpoint under the old API base URL moves with a new ``api_base_url``."""
+    Userinfo and revocation endpoints under the old API base URL move with a new
+    ``api_base_url`` (GitHub's are both under api.github.com)."""
     unknown = set(overrides) - {*_ENDPOINTS, "issuer"}
     if unknown:
         raise CatalogueError(f"{spec.name}: cannot override {sorted(unknown)}")
     changes = dict(overrides)
     new_base = changes.get("api_base_url")
-    userinfo = spec.userinfo_endpoint
-    moved = bool(userinfo and userinfo.startswith(spec.api_base_url + "/"))
-    if new_base and "userinfo_endpoint" not in changes and userinfo and moved:
-        changes["userinfo_endpoint"] = new_base.rstrip("/") + userinfo[len(spec.api_base_url):]
+    for name in ("userinfo_endpoint", "revocation_endpoint"):
+        url = getattr(spec, name)
+        if new_base and name not in changes and url and url.startswith(spec.api_base_url + "/"):
+            changes[name] = new_base.rstrip("/") + url[len(spec.api_base_url):]
     return dataclasses.replace(spec, **changes)  # type: ignore[arg-type]
 
 

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from oauth.catalogue import ConfiguredProvider
 from oauth.disconnect import Disconnected, disconnect
 from oauth.errors import OAuthError
+from oauth.revocation import revoker
 from oauth.store import ConnectionInfo, TokenStore
 from oauth.token_endpoint import TokenEndpoint, TokenResponse
 from oauth.vault import TokenBundle
@@ -190,11 +191,10 @@ class ConnectFlow:
         return Connected(provider.name, account, bundle.scopes)
 
     async def disconnect(self, tenant: Tenant, provider_name: str) -> Disconnected:
-        """RFC 7009 revocation at the provider (when it has an endpoint), then local delete."""
+        """Revocation at the provider (when it offers a way), then local delete."""
         provider = self.provider(provider_name)
-        has_revocation = provider.spec.revocation_endpoint is not None
-        revoke = _endpoint(self._http, provider).revoke if has_revocation else None
-        return await disconnect(self._store, revoke, tenant, provider.name)
+        return await disconnect(self._store, revoker(self._http, provider), tenant,
+                                provider.name)
 
     async def _consume_state(self, state: str) -> dict[str, object]:
         if not state or len(state) > 512:
@@ -256,9 +256,7 @@ def _check_iss(provider: ConfiguredProvider, iss: str | None) -> None:
 
 
 def _endpoint(http: aiohttp.ClientSession, provider: ConfiguredProvider) -> CodeEndpoint:
-    spec = provider.spec
-    return CodeEndpoint(http, spec.token_endpoint, provider.client,
-                        revocation_url=spec.revocation_endpoint)
+    return CodeEndpoint(http, provider.spec.token_endpoint, provider.client)
 
 
 def _bundle(provider: ConfiguredProvider, response: TokenResponse) -> TokenBundle:

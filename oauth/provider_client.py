@@ -39,7 +39,7 @@ from resilience import BreakerTicket, CircuitBreaker
 MAX_RESPONSE_BYTES = 1_048_576
 MAX_REDIRECTS = 3
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_SLACK_AUTH_ERRORS = frozenset(
+SLACK_AUTH_ERRORS = frozenset(
     {"invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive"}
 )
 _CODE = re.compile(r"^[a-z_]{1,64}$")
@@ -218,7 +218,7 @@ def _check_slack(name: str, document: Any) -> None:
     if not isinstance(document, dict) or document.get("ok") is not False:
         return
     code = str(document.get("error", ""))
-    if code in _SLACK_AUTH_ERRORS:
+    if code in SLACK_AUTH_ERRORS:
         raise ProviderUnauthorized(f"{name} no longer accepts this connection's token")
     if code == "missing_scope":
         needed = str(document.get("needed", ""))

@@ -28,6 +28,7 @@ from oauth.disconnect import disconnect
 from oauth.errors import NeedsReconnect, NotConnected, RefreshFailed, RefreshTimedOut
 from oauth.keyring import Keyring, generate_entry
 from oauth.refresh import Refresher, lock_key
+from oauth.revocation import rfc7009
 from oauth.store import TokenStore
 from oauth.token_endpoint import ClientCredentials, TokenEndpoint
 from oauth.vault import TokenBundle
@@ -334,9 +335,9 @@ async def test_disconnect_revokes_at_provider_and_deletes(
     rt = f"rt-{uuid.uuid4().hex}"
     who = await connect(env, rt)
     store = TokenStore(env.pool, Keyring.parse(env.keyring_config))
-    outcome = await disconnect(store, endpoint(http, env.server).revoke, who, "github")
+    outcome = await disconnect(store, rfc7009(endpoint(http, env.server)), who, "github")
     assert outcome.deleted and outcome.revoked
     assert (rt, "refresh_token") in env.server.revoked
     assert await store.load(who, "github") is None
-    again = await disconnect(store, endpoint(http, env.server).revoke, who, "github")
+    again = await disconnect(store, rfc7009(endpoint(http, env.server)), who, "github")
     assert not again.deleted and not again.revoked

@@ -2,7 +2,8 @@
 
 It serves GitHub's documented REST shapes (2022-11-28) for ``GET /user``, ``GET /user/repos``,
 ``GET /search/issues``, ``POST /repos/{owner}/{repo}/issues`` and
-``GET /repos/{owner}/{repo}/contents/{path}`` (base64 content, as GitHub sends it), and
+``GET /repos/{owner}/{repo}/contents/{path}`` (base64 content, as GitHub sends it),
+``DELETE /applications/{client_id}/grant`` (disconnect), and
 insists on what GitHub documents: ``Authorization: Bearer <token>`` (else 401 "Bad
 credentials"), ``Accept: application/vnd.github+json`` and ``X-GitHub-Api-Version``.
 Scopes are sent back in ``X-OAuth-Scopes``/``X-Accepted-OAuth-Scopes``; a write without
@@ -63,12 +64,13 @@ class GitHubStandIn(StandIn):
             web.get("/search/issues", self._search),
             web.post("/repos/{owner}/{repo}/issues", self._create_issue),
             web.get("/repos/{owner}/{repo}/contents/{path:.+}", self._contents),
+            web.delete("/applications/{client_id}/grant", self._delete_grant),
         ])
         self.app = app
 
     @web.middleware
     async def _github_rules(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(("/_standin/", "/login/")):
+        if request.path.startswith(("/_standin/", "/login/", "/applications/")):
             return await handler(request)
         account = self.bearer_account(request)
         if account is None:
@@ -105,6 +107,24 @@ class GitHubStandIn(StandIn):
             "access_token": token, "expires_in": 28800, "refresh_token": refresh,
             "refresh_token_expires_in": 15897600, "scope": "", "token_type": "bearer",
         })
+
+    async def _delete_grant(self, request: web.Request) -> web.Response:
+        """"Delete an app authorization": the client's credentials as HTTP Basic, the access
+        token in a JSON body; 204 ends every token of that grant. GitHub answers 404 for a
+        token it does not know and for wrong client credentials alike."""
+        pair = base64.b64encode(":".join(self.client).encode()).decode()
+        if (request.match_info["client_id"] != self.client[0]
+                or request.headers.get("Authorization") != f"Basic {pair}"):
+            return _message(404, "Not Found")
+        body = await request.json()
+        account = self.accounts.get(str(body.get("access_token"))) if isinstance(body, dict) \
+            else None
+        if account is None:
+            return _message(404, "Not Found")
+        for tokens in (self.accounts, self.refresh_tokens):
+            for token in [t for t, owner in tokens.items() if owner is account]:
+                del tokens[token]
+        return web.Response(status=204)
 
     async def _user(self, request: web.Request) -> web.Response:
         login = request[ACCOUNT].login

@@ -7,9 +7,10 @@ Google: ``GET /calendar/v3/calendars/{calendarId}/events`` (``orderBy=startTime`
 ``singleEvents=true``, as Google insists) and ``GET /v1/userinfo``. Errors are Google's JSON
 error documents; 401 and a missing scope carry the ``WWW-Authenticate`` challenge Google sends.
 
-Slack: ``POST /api/chat.postMessage`` (JSON body) and ``GET|POST /api/auth.test``. Slack answers
-HTTP 200 with ``{"ok": false, "error": code}`` for every refusal (``missing_scope`` with
-``needed``/``provided``), and 429 with ``Retry-After`` when rate limited.
+Slack: ``POST /api/chat.postMessage`` (JSON body), ``GET|POST /api/auth.test`` and
+``auth.revoke``. Slack answers HTTP 200 with ``{"ok": false, "error": code}`` for every
+refusal (``missing_scope`` with ``needed``/``provided``), and 429 with ``Retry-After`` when
+rate limited.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class SlackStandIn(StandIn):
             *self.control_routes(),
             web.post("/api/chat.postMessage", self._post_message),
             web.route("*", "/api/auth.test", self._auth_test),
+            web.route("*", "/api/auth.revoke", self._auth_revoke),
         ])
 
     @web.middleware
@@ -162,6 +164,12 @@ class SlackStandIn(StandIn):
             answer["warning"] = "missing_charset"
             answer["response_metadata"] = {"warnings": ["missing_charset"]}
         return web.json_response(answer)
+
+    async def _auth_revoke(self, request: web.Request) -> web.Response:
+        """``auth.revoke``: the calling token stops working."""
+        _, _, token = request.headers["Authorization"].partition(" ")
+        del self.accounts[token]
+        return web.json_response({"ok": True, "revoked": True})
 
     async def _auth_test(self, request: web.Request) -> web.Response:
         login = request[ACCOUNT].login
