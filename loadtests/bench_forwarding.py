@@ -1,7 +1,9 @@
 """Benchmark: the same ``echo`` tool call direct to mcp_server and through the gateway.
 
-Run against a live stack (``gatehouse up`` in another terminal), from the same directory:
+Run against a live stack in another terminal, started with a per-user limit that does not stop
+the benchmark (it is still checked on every call), from the same directory::
 
+    GATEHOUSE_USER_RATE_LIMIT=100000000/minute gatehouse up
     python -m loadtests.bench_forwarding [--seconds 10] [--concurrency 16]
 
 It signs its own internal assertion with ``.gatehouse/internal_assertion.pem`` for the direct
@@ -86,6 +88,9 @@ async def run(
             started = time.perf_counter()
             async with http.post(url, data=BODY, headers=headers) as resp:
                 payload = await resp.read()
+            if resp.status == 429:
+                raise SystemExit("the per-user limit answered 429: start the stack with "
+                                 "GATEHOUSE_USER_RATE_LIMIT=100000000/minute")
             if resp.status != 200 or b'"benchmark"' not in payload:
                 raise RuntimeError(f"{label}: unexpected answer {resp.status}: {payload[:200]!r}")
             return time.perf_counter() - started
