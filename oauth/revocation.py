@@ -24,7 +24,7 @@ import asyncio
 import base64
 import json
 from collections.abc import Awaitable, Callable
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import aiohttp
 
@@ -68,9 +68,10 @@ def rfc7009(endpoint: TokenEndpoint) -> Revoke:
 
 def _client_json(http: aiohttp.ClientSession, url: str, provider: ConfiguredProvider,
                  method: str, field: str, *, confirmed: int) -> Revoke:
-    """The access token in a JSON body, the client's credentials as HTTP Basic."""
+    """The access token in a JSON body, the client's credentials as plain HTTP Basic (RFC 7617:
+    these are REST APIs, not token endpoints, so nothing is form-encoded first)."""
     client = provider.client
-    pair = f"{quote_plus(client.client_id)}:{quote_plus(client.client_secret or '')}"
+    pair = f"{client.client_id}:{client.client_secret or ''}"
     headers = {**provider.spec.api_headers, "Content-Type": "application/json",
                "Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
 
