@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
 import asyncpg
@@ -149,6 +150,24 @@ async def connect(env: Env, refresh_token: str, *, expired: bool = True) -> Who:
     return who
 
 
+class LockWatch:
+    """A Redis client that says when a lock was refused (``SET NX`` answered nothing): from
+    then on its caller is waiting for another holder."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self.refused = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+    async def set(self, *args: Any, **kwargs: Any) -> Any:
+        taken = await self._redis.set(*args, **kwargs)
+        if kwargs.get("nx") and not taken:
+            self.refused.set()
+        return taken
+
+
 def namespace() -> str:
     return f"test-refresh-{uuid.uuid4().hex}"
 
@@ -262,8 +281,11 @@ async def test_holder_that_saved_then_died_is_not_refreshed_again(
     who = await connect(env, rt)
     ns = namespace()
     await redis.set(lock_key(ns, who, "github"), "dead-holder", px=800)
-    waiter = asyncio.create_task(refresher(env, redis, http, ns).access_token(who, "github"))
-    await asyncio.sleep(0.2)
+    watched = LockWatch(redis)
+    waiter = asyncio.create_task(
+        refresher(env, cast(Redis, watched), http, ns).access_token(who, "github"))
+    # Save only once the waiter has found the lock taken, so it must re-check to see the save.
+    await asyncio.wait_for(watched.refused.wait(), 5)
     saved = TokenBundle("AT-other-replica", "rt-other", datetime.now(UTC) + timedelta(hours=1))
     await TokenStore(env.pool, Keyring.parse(env.keyring_config)).save(who, "github", saved)
     assert await waiter == "AT-other-replica"
