@@ -31,7 +31,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
-from urllib.parse import quote
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -46,6 +45,7 @@ from oauth.errors import (
 from oauth.store import StoredTokens, TokenStore
 from oauth.token_endpoint import TokenResponse
 from oauth.vault import TokenBundle
+from resilience.keys import key_of
 from sql import Tenant
 
 RefreshGrant = Callable[[str], Awaitable[TokenResponse]]
@@ -61,8 +61,7 @@ return 0
 
 
 def lock_key(namespace: str, tenant: Tenant, provider: str) -> str:
-    parts = (tenant.org_id, tenant.user_id, provider)
-    return ":".join((namespace, *(quote(p, safe="") for p in parts)))
+    return key_of(namespace, tenant.org_id, tenant.user_id, provider)
 
 
 # The grant is gone for good: RFC 6749's invalid_grant, and GitHub's spelling of it.
