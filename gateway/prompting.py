@@ -5,6 +5,11 @@ The newest layer versions are read from the database every time a prompt is comp
 change saved through any replica is seen by every replica at once; compilation and composition
 are cached by version inside :class:`prompts.PromptComposer`, so an unchanged prompt costs one
 small query and a cache hit.
+
+Those caches are shared by every tenant of the process, so a layer id names its owner
+unambiguously: each identifier is percent-encoded (:func:`resilience.keys.key_of`), and org
+``corp:eng``/user ``carol`` never shares an id (hence a cache entry) with org ``corp``/user
+``eng:carol``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from prompts import (
     PromptError,
     PromptVariables,
 )
+from resilience.keys import key_of
 from sql import QUERIES
 
 GLOBAL_ORG = "_platform"
@@ -44,8 +50,17 @@ def layer_owner(kind: str, principal: Principal) -> tuple[str, str]:
     return principal.org_id, principal.user_id
 
 
+def layer_id(kind: str, org_id: str, owner_id: str) -> str:
+    """The id of a saved layer: one per (kind, organisation, owner), never shared."""
+    return key_of("prompt-layer", kind, org_id, owner_id)
+
+
+def session_layer_id(session_id: object) -> str:
+    return key_of("prompt-session", str(session_id))
+
+
 def _layer(row: Record) -> Layer:
-    return Layer(KINDS[row["kind"]], f"{row['kind']}:{row['org_id']}:{row['owner_id']}",
+    return Layer(KINDS[row["kind"]], layer_id(row["kind"], row["org_id"], row["owner_id"]),
                  str(row["version"]), row["source"])
 
 
@@ -55,7 +70,7 @@ def session_layer(session: Record) -> Layer | None:
         return None
     # The session's prompt is not versioned in a table; its digest identifies the text.
     digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]
-    return Layer(LayerKind.SESSION, f"session:{session['id']}", digest, prompt)
+    return Layer(LayerKind.SESSION, session_layer_id(session["id"]), digest, prompt)
 
 
 def variables(principal: Principal, session: Record | None) -> PromptVariables:

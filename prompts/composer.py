@@ -2,11 +2,16 @@
 
 Two caches, both bounded LRUs:
 
-* compiled layers, keyed by ``(kind, layer_id, version)``; a layer that fails to compile is
-  cached as its error, since the same version always fails the same way;
-* composed prompts, keyed by the versions of all layers used, the date and the digest of the
-  variables. The date is part of the key because templates can print it: a prompt composed
-  yesterday is never served today.
+* compiled layers, keyed by :func:`compiled_key`: ``(kind, layer_id, version)`` and the digest
+  of the source; a layer that fails to compile is cached as its error, since the same version
+  always fails the same way;
+* composed prompts, keyed by :func:`composed_key`: the compiled keys of all layers used, the
+  date and the digest of the variables. The date is part of the key because templates can
+  print it: a prompt composed yesterday is never served today.
+
+The caches are shared by every tenant of a process, so keys are nested tuples (never joined
+strings, which could collide) and carry the source digest: a layer whose id collides with
+another's still cannot be served the other's compiled text or composed output.
 
 No clock, randomness or environment is read except through the ``clock`` and ``block_ids``
 arguments, so tests (and the gateway) control both.
@@ -38,6 +43,14 @@ SAMPLE_VARIABLES = PromptVariables(
 
 def utc_today() -> date:
     return datetime.now(UTC).date()
+
+
+def compiled_key(layer: Layer) -> Hashable:
+    return (layer.ref, layer.digest)
+
+
+def composed_key(chain: Sequence[Layer], day: date, variables: PromptVariables) -> Hashable:
+    return (tuple([compiled_key(layer) for layer in chain]), day.toordinal(), variables.digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +88,7 @@ class PromptComposer:
         day = today or self._clock()
         self._check_variables(variables)
         chain = ordered(layers)
-        key = (tuple([layer.ref for layer in chain]), day.toordinal(), variables.digest)
+        key = composed_key(chain, day, variables)
         cached = self._composed.get(key)
         if cached is not None:
             return cached
@@ -136,7 +149,7 @@ class PromptComposer:
         self._composed.clear()
 
     def _compile(self, layer: Layer) -> CompiledLayer:
-        key: Hashable = (layer.kind, layer.layer_id, layer.version)
+        key = compiled_key(layer)
         compiled = self._compiled.get(key)
         if compiled is None:
             self._compilations += 1

@@ -2,7 +2,10 @@
 
 A :class:`Layer` is what the storage layer keeps: a kind, an id, an immutable version and the
 source text. ``(kind, layer_id, version)`` must identify one source for ever (bump the version
-on every edit): both caches trust it.
+on every edit), and a layer id must name one owner unambiguously (the gateway percent-encodes
+each tenant identifier in it). The caches do not rely on that alone: their keys also carry a
+digest of the source, so two layers with different text never share a cache entry even if a
+caller gave them the same id and version.
 """
 
 from __future__ import annotations
@@ -46,11 +49,14 @@ class Layer:
     layer_id: str
     version: str
     source: str = field(repr=False)
-    # Computed once: the composer builds cache keys from it on every call.
+    # Computed once: the composer builds cache keys from them on every call.
     ref: LayerRef = field(init=False, repr=False, compare=False)
+    digest: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ref", LayerRef(self.kind, self.layer_id, self.version))
+        source = self.source.encode("utf-8", "surrogatepass")
+        object.__setattr__(self, "digest", hashlib.blake2b(source, digest_size=16).digest())
 
 
 @dataclass(frozen=True, slots=True)
