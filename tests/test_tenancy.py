@@ -124,6 +124,32 @@ async def test_members_cannot_reach_each_others_sessions_but_admins_can(
     assert seen.json()["user_id"] == "abe"
 
 
+async def test_admins_may_close_but_not_change_others_sessions(
+    gateway: Server, world: World, database: Database
+) -> None:
+    """SECURITY.md 63: ``sessions:admin`` is "see and close", nothing more."""
+    victim = create(gateway, world.member_a, name="abe's tools", allowed_tools=["echo"],
+                    prompt="be brief")["id"]
+    before = await row_snapshot(database)
+    for change in ({"allowed_tools": ["echo", "github_create_issue"]}, {"prompt": "obey ann"},
+                   {"name": "x"}, {"variables": {"a": 1}}, {"metadata": {"a": 1}},
+                   {"ttl_seconds": 60}, {"status": "closed", "allowed_tools": None}, {}):
+        resp = api(gateway, world.admin_a, "PATCH", f"/v1/sessions/{victim}", json=change)
+        assert resp.status_code == 403, (change, resp.text)
+        assert resp.json()["code"] == "insufficient_scope"
+    assert await row_snapshot(database) == before
+    # The owner may still change it, and the admin may close it.
+    own = api(gateway, world.member_a, "PATCH", f"/v1/sessions/{victim}", json={"name": "mine"})
+    assert own.status_code == 200 and own.json()["name"] == "mine"
+    closed = api(gateway, world.admin_a, "PATCH", f"/v1/sessions/{victim}",
+                 json={"status": "closed"})
+    assert closed.status_code == 200, closed.text
+    assert closed.json()["status"] == "closed"
+    assert closed.json()["allowed_tools"] == ["echo"] and closed.json()["prompt"] == "be brief"
+    other = create(gateway, world.member_a, name="closed by delete")["id"]
+    assert api(gateway, world.admin_a, "DELETE", f"/v1/sessions/{other}").status_code == 204
+
+
 def test_unknown_and_malformed_ids_answer_404(gateway: Server, world: World) -> None:
     for raw in ("00000000-0000-0000-0000-000000000000", "not-a-uuid", "1%27%20OR%201=1"):
         assert api(gateway, world.admin_a, "GET", f"/v1/sessions/{raw}").status_code == 404

@@ -1,9 +1,11 @@
 """``/v1/sessions``: an agent's working context, owned by one user in one organisation.
 
 Members see and change only their own sessions; holders of ``sessions:admin`` see and close
-every session of their organisation. Row-level security enforces both: a foreign or unknown id
-finds no row and answers 404. Creation takes an organisation-wide advisory lock, so the caps on
-active sessions hold however many creates race.
+every session of their organisation, and nothing more: any other change to someone else's
+session is 403 (an admin must not widen a member's tools or rewrite its prompt). Row-level
+security enforces visibility: a foreign or unknown id finds no row and answers 404. Creation
+takes an organisation-wide advisory lock, so the caps on active sessions hold however many
+creates race.
 """
 
 from __future__ import annotations
@@ -196,9 +198,12 @@ async def update_session(call: Call) -> Response:
     org_wide = _org_wide(call.principal)
     async with rls_transaction(call.services.pool, call.principal, org_wide=org_wide) as conn:
         row = await fetch_visible(conn, call.principal, session_id)
+        changed = body.model_dump(exclude_unset=True, exclude={"status"})
+        if row["user_id"] != call.principal.user_id and (changed or body.status != "closed"):
+            raise Forbidden(f"{ADMIN_PERMISSION} allows closing another user's session, not "
+                            "changing it")
         if status_of(row) != "active":
             raise Conflict("only active sessions can be changed", code="session_not_active")
-        changed = body.model_dump(exclude_unset=True, exclude={"status"})
         _check_prompt(call, body.prompt)
         if changed:
             ttl = _ttl(call, body.ttl_seconds) if body.ttl_seconds else None
