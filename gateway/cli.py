@@ -12,11 +12,7 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -24,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tqdm import tqdm
 
 from gateway import devissuer, embedded
+from gateway.supervisor import ChildSpec, Supervisor, SupervisorError
 from oauth.keyring import Keyring, generate_entry
 from oauth.keys import ensure_private_key_file, public_pem
 from oauth.rotation import rotate
@@ -32,7 +29,6 @@ from sql import apply_migrations, set_app_password, verify_audit_chain
 log = logging.getLogger("gatehouse")
 
 APP_ROLE = "gatehouse_app"
-_START_TIMEOUT = 30.0
 
 
 class UpSettings(BaseSettings):
@@ -202,23 +198,51 @@ def _up(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     public_url = settings.public_url or f"http://{args.host}:{args.gateway_port}"
-    env = dict(os.environ)
     with ExitStack() as stack:
-        env.update(_database(settings, data_dir, stack))
-        env.update(_redis(settings, data_dir, stack))
-        env.update(_internal_keys(settings, data_dir))
-        env.update(_token_keys(settings, data_dir))
-        env.update(_issuer(settings, data_dir, public_url))
-        env["GATEHOUSE_PUBLIC_URL"] = public_url
-        env["GATEHOUSE_MCP_SERVER_URL"] = f"http://{args.host}:{args.mcp_port}/mcp"
-        children = [
-            _spawn("mcp_server.app:create_app", args.host, args.mcp_port, env, stack),
-            _spawn("gateway.app:create_app", args.host, args.gateway_port, env, stack),
-        ]
-        _wait_healthy([f"http://{args.host}:{args.mcp_port}/healthz", f"{public_url}/healthz"],
-                      children)
+        env = _environment(settings, data_dir, stack, public_url, args)
+        supervisor = Supervisor(data_dir)
+        supervisor.install_signal_handlers()
+        stack.callback(supervisor.stop)
+        failed = _start_children(supervisor, args, env)
+        if failed is not None:
+            return failed
         _banner(public_url, env, settings.issuer is None)
-        return _supervise(children)
+        return supervisor.run()
+
+
+def _environment(
+    settings: UpSettings, data_dir: Path, stack: ExitStack, public_url: str,
+    args: argparse.Namespace,
+) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(_database(settings, data_dir, stack))
+    env.update(_redis(settings, data_dir, stack))
+    env.update(_internal_keys(settings, data_dir))
+    env.update(_token_keys(settings, data_dir))
+    env.update(_issuer(settings, data_dir, public_url))
+    env["GATEHOUSE_PUBLIC_URL"] = public_url
+    env["GATEHOUSE_MCP_SERVER_URL"] = f"http://{args.host}:{args.mcp_port}/mcp"
+    return env
+
+
+def _start_children(
+    supervisor: Supervisor, args: argparse.Namespace, env: dict[str, str]
+) -> int | None:
+    """Start mcp_server, then the gateway; None once both are healthy, else `up`'s exit code.
+
+    mcp_server first: the gateway must not take MCP traffic before its upstream listens.
+    """
+    for spec in (
+        _child("mcp_server", "mcp_server.app:create_app", args.mcp_port, args, env),
+        _child("gateway", "gateway.app:create_app", args.gateway_port, args, env),
+    ):
+        try:
+            if not supervisor.start(spec):
+                return 0  # Ctrl-C during start-up
+        except SupervisorError as exc:
+            log.error("%s", exc)
+            return 1
+    return None
 
 
 def _database(settings: UpSettings, data_dir: Path, stack: ExitStack) -> dict[str, str]:
@@ -279,43 +303,19 @@ def _issuer(settings: UpSettings, data_dir: Path, public_url: str) -> dict[str, 
     }
 
 
-def _spawn(
-    factory: str, host: str, port: int, env: dict[str, str], stack: ExitStack
-) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", host,
-               "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "10"]
-    # A session of its own: Ctrl-C reaches only `up`, which then stops children in order.
-    child = subprocess.Popen(command, env=env, start_new_session=True)
-    stack.callback(_stop, child)
-    return child
+def _child(
+    name: str, factory: str, port: int, args: argparse.Namespace, env: dict[str, str]
+) -> ChildSpec:
+    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", args.host,
+               "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "3"]
+    # Probed where it listens, not at the public URL (which may be a proxy in front of it).
+    return ChildSpec(name, command, env, f"http://{_probe_host(args.host)}:{port}/healthz")
 
 
-def _stop(child: subprocess.Popen[bytes]) -> None:
-    if child.poll() is None:
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-
-
-def _wait_healthy(urls: list[str], children: list[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT
-    pending = list(urls)
-    while pending:
-        if any(child.poll() is not None for child in children):
-            raise SystemExit("a Gatehouse process exited during start-up; see the log above")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"not healthy after {_START_TIMEOUT:.0f}s: {', '.join(pending)}")
-        try:
-            with urllib.request.urlopen(pending[0], timeout=1) as resp:  # noqa: S310 (loopback)
-                if resp.status == 200:
-                    pending.pop(0)
-                    continue
-        except OSError:
-            pass
-        time.sleep(0.1)
+def _probe_host(host: str) -> str:
+    if host in ("0.0.0.0", "::"):  # noqa: S104 (a wildcard bind is reachable on loopback)
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _banner(public_url: str, env: dict[str, str], dev_issuer: bool) -> None:
@@ -334,21 +334,3 @@ def _banner(public_url: str, env: dict[str, str], dev_issuer: bool) -> None:
         ]
     lines += ["", "Press Ctrl-C to stop.", ""]
     print("\n".join(lines), flush=True)
-
-
-def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
-    stop = False
-
-    def _request_stop(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _request_stop)
-    signal.signal(signal.SIGINT, _request_stop)
-    while not stop:
-        if any(child.poll() is not None for child in children):
-            log.error("a Gatehouse process exited unexpectedly; stopping")
-            return 1
-        time.sleep(0.2)
-    log.info("stopping")
-    return 0

@@ -3,16 +3,19 @@ both processes, a real MCP client, a clean Ctrl-C, and a second start that reuse
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import pytest
 from fastmcp import Client
 from mcp_types import TextContent
 
+from gateway.supervisor import Backoff, ChildSpec, Supervisor, SupervisorError, describe_exit
 from oauth.keyring import Keyring, generate_entry
 from oauth.store import TokenStore
 from oauth.vault import TokenBundle
@@ -31,7 +35,7 @@ from tests.support.processes import free_port
 from tests.support.tenants import Who as Tenant
 
 GATEHOUSE = [sys.executable, "-m", "gateway"]
-
+RESTART_DEADLINE = 30.0  # seconds for a killed child to be back and healthy
 
 
 def clean_env() -> dict[str, str]:
@@ -202,3 +206,159 @@ async def test_keys_rotate_reencrypts_every_grant(database: Database) -> None:
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def echo(port: int, bearer: str, text: str) -> str:
+    async with Client(f"http://127.0.0.1:{port}/mcp", auth=bearer) as client:
+        result = await client.call_tool("echo", {"text": text})
+    content = result.content[0]
+    assert isinstance(content, TextContent)
+    return content.text
+
+
+async def poll(check: Callable[[], Awaitable[bool]], deadline: float, what: str) -> None:
+    end = time.monotonic() + deadline
+    while not await check():
+        assert time.monotonic() < end, f"not {what} after {deadline:.0f}s"
+        await asyncio.sleep(0.05)
+
+
+async def test_up_restarts_a_killed_mcp_server_while_the_gateway_keeps_serving(
+    project_dir: Path,
+) -> None:
+    """The probe's repro: SIGKILL mcp_server under `up`. /v1 keeps answering, /readyz names
+    mcp_server, MCP answers a clear 502, and `up` brings mcp_server back and says so."""
+    gateway_port, mcp_port = free_port(), free_port()
+    log_path, pid_file = project_dir / "up.log", project_dir / ".gatehouse" / "mcp_server.pid"
+    with gatehouse_up(project_dir, gateway_port, mcp_port) as up:
+        started = log_path.read_text()
+        # The gateway is started only once mcp_server answers /healthz.
+        assert started.index("mcp_server is healthy") < started.index("started gateway")
+        bearer = token(project_dir, gateway_port, "acme", "alice")
+        assert await echo(gateway_port, bearer, "before") == "before"
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{gateway_port}",
+            headers={"Authorization": f"Bearer {bearer}"},
+        ) as http:
+            old_pid = int(pid_file.read_text())
+            os.kill(old_pid, signal.SIGKILL)
+
+            async def mcp_server_down() -> bool:
+                ready = (await http.get("/readyz")).json()
+                return ready["checks"]["mcp_server"]["ok"] is False
+
+            await poll(mcp_server_down, 10, "reported down")
+            down = await http.get("/readyz")
+            assert down.status_code == 503 and down.json()["checks"]["database"]["ok"] is True
+            assert (await http.get("/v1/sessions")).status_code == 200
+            mcp = await http.post("/mcp", json=INITIALIZE, headers=MCP_HEADERS)
+            assert mcp.status_code == 502, mcp.text
+            assert mcp.headers["content-type"] == "application/problem+json"
+            assert mcp.json()["code"] == "upstream_unavailable"
+
+            async def ready() -> bool:
+                return (await http.get("/readyz")).status_code == 200
+
+            await poll(ready, RESTART_DEADLINE, "ready again")
+            assert (await http.get("/v1/sessions")).status_code == 200
+        assert int(pid_file.read_text()) != old_pid
+        assert await echo(gateway_port, bearer, "after") == "after"
+        assert up.poll() is None
+        stopping = time.monotonic()
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=30) == 0
+        assert time.monotonic() - stopping < 5
+    log = log_path.read_text()
+    assert f"mcp_server (pid {old_pid}) killed by SIGKILL; restarting it in 0.5s" in log
+    assert not pid_file.exists()
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+               "clientInfo": {"name": "test", "version": "1"}},
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
+
+
+# -- the supervisor on its own, with a trivial child (fast, and controls the backoff) --------
+
+
+@pytest.fixture
+def static_child(tmp_path: Path) -> ChildSpec:
+    """A real HTTP server whose /healthz answers 200 (a file of that name)."""
+    (tmp_path / "healthz").write_text("ok")
+    port = free_port()
+    command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+               "--directory", str(tmp_path)]
+    return ChildSpec("static", command, dict(os.environ), f"http://127.0.0.1:{port}/healthz")
+
+
+@contextmanager
+def running(supervisor: Supervisor) -> Iterator[threading.Thread]:
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(supervisor.run()))
+    thread.start()
+    try:
+        yield thread
+    finally:
+        supervisor.request_stop()
+        thread.join(timeout=5)
+        supervisor.stop()
+    assert result == [0]
+
+
+def wait_for(check: Callable[[], bool], deadline: float, what: str) -> None:
+    end = time.monotonic() + deadline
+    while not check():
+        assert time.monotonic() < end, f"not {what} after {deadline:.0f}s"
+        time.sleep(0.05)
+
+
+def test_supervisor_restarts_a_crashed_child_with_a_log_line(
+    static_child: ChildSpec, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gatehouse")
+    supervisor = Supervisor(tmp_path, backoff=lambda: Backoff(initial=0.1))
+    assert supervisor.start(static_child)
+    pid_file = tmp_path / "static.pid"
+    first = int(pid_file.read_text())
+    with running(supervisor):
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: int(pid_file.read_text()) != first, 10, "respawned")
+        wait_for(lambda: "static is healthy (pid " + pid_file.read_text().strip() + ")"
+                 in caplog.text, 10, "healthy again")
+    assert f"static (pid {first}) killed by SIGKILL; restarting it in 0.1s (restart #1)" \
+        in caplog.text
+    assert not pid_file.exists()
+
+
+def test_a_stop_during_the_restart_backoff_is_quick(
+    static_child: ChildSpec, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    supervisor = Supervisor(tmp_path, backoff=lambda: Backoff(initial=60))
+    assert supervisor.start(static_child)
+    with running(supervisor) as thread:
+        os.kill(int((tmp_path / "static.pid").read_text()), signal.SIGTERM)
+        wait_for(lambda: "restarting it in 60.0s" in caplog.text, 10, "in backoff")
+        stopping = time.monotonic()
+        supervisor.request_stop()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+        assert time.monotonic() - stopping < 1
+    assert "exited with code" in caplog.text or "killed by SIGTERM" in caplog.text
+
+
+def test_a_child_that_dies_during_start_up_fails_the_start(tmp_path: Path) -> None:
+    spec = ChildSpec("broken", [sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ),
+                     f"http://127.0.0.1:{free_port()}/healthz")
+    with pytest.raises(SupervisorError, match="broken exited with code 3 during start-up"):
+        Supervisor(tmp_path).start(spec)
+
+
+def test_backoff_doubles_to_a_ceiling_and_resets_after_a_stable_run() -> None:
+    backoff = Backoff(initial=0.5, maximum=10, stable_after=30)
+    assert [backoff.after_crash(0) for _ in range(7)] == [0.5, 1, 2, 4, 8, 10, 10]
+    assert backoff.after_crash(29) == 10
+    assert backoff.after_crash(30) == 0.5
+    assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(3) == "exited with code 3"

@@ -1,0 +1,223 @@
+"""Keeps ``gatehouse up``'s child processes running: start in order, restart after a crash.
+
+Each child is started only once the previous one answers its health URL, so the gateway
+never takes traffic before mcp_server listens. A child that dies later is restarted with an
+exponential backoff (reset once it has stayed healthy for a while), one log line per restart;
+the other children keep serving meanwhile. SIGINT/SIGTERM stop everything, also during a
+backoff, because the loop only ever sleeps in short slices and checks a flag.
+
+The loop is a small state machine per child rather than a blocking "restart" call, so a second
+child crashing while the first is still starting is noticed at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+log = logging.getLogger("gatehouse")
+
+_TICK = 0.1  # seconds between looks at the children; bounds how late a stop request is seen
+_PROBE_TIMEOUT = 0.5
+_STOP_TIMEOUT = 10.0  # per child, a last resort: uvicorn gives up on open streams after 3 s
+
+
+class SupervisorError(Exception):
+    """A child could not be started at all; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    health_url: str
+
+
+@dataclass
+class Backoff:
+    """Delay before the next restart: doubles per crash, back to ``initial`` after a stable run."""
+
+    initial: float = 0.5
+    maximum: float = 10.0
+    stable_after: float = 30.0
+    _next: float = field(default=0.0, init=False)
+
+    def after_crash(self, healthy_for: float) -> float:
+        if not self._next or healthy_for >= self.stable_after:
+            self._next = self.initial
+        delay = self._next
+        self._next = min(self._next * 2, self.maximum)
+        return delay
+
+
+class State(Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    backoff: Backoff
+    process: subprocess.Popen[bytes] | None = None
+    state: State = State.BACKOFF
+    deadline: float = 0.0  # end of the backoff, or of the start-up allowance
+    healthy_since: float = 0.0
+    restarts: int = 0
+
+
+def describe_exit(returncode: int) -> str:
+    """``exited with code 3`` or ``killed by SIGKILL`` (Popen reports a signal as -N)."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=_PROBE_TIMEOUT) as resp:  # noqa: S310 (loopback)
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+class Supervisor:
+    """Runs children in order and keeps them running until ``request_stop``."""
+
+    def __init__(
+        self,
+        pid_dir: Path,
+        *,
+        start_timeout: float = 30.0,
+        backoff: Callable[[], Backoff] = Backoff,
+    ) -> None:
+        self._pid_dir = pid_dir
+        self._start_timeout = start_timeout
+        self._backoff = backoff
+        self._children: list[_Child] = []
+        self._stopping = False
+
+    # -- control ------------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def request_stop(self, signum: int = 0, frame: object = None) -> None:
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def start(self, spec: ChildSpec) -> bool:
+        """Start ``spec`` and wait until it is healthy; False if a stop was requested first."""
+        child = _Child(spec, self._backoff())
+        self._children.append(child)
+        self._spawn(child, time.monotonic())
+        while child.state is State.STARTING and not self._stopping:
+            self._sleep(_TICK)
+            self._tick(child, time.monotonic(), restart=False)
+        return child.state is State.RUNNING
+
+    def run(self) -> int:
+        """Watch and restart children until a stop is requested; then the caller calls stop()."""
+        while not self._stopping:
+            now = time.monotonic()
+            for child in self._children:
+                self._tick(child, now, restart=True)
+            self._sleep(_TICK)
+        log.info("stopping")
+        return 0
+
+    def stop(self) -> None:
+        """Stop the children in reverse start order (the gateway before what it depends on)."""
+        for child in reversed(self._children):
+            if child.process is not None:
+                _terminate(child.process)
+                self._pid_file(child.spec).unlink(missing_ok=True)
+
+    # -- the state machine --------------------------------------------------------------------
+
+    def _tick(self, child: _Child, now: float, *, restart: bool) -> None:
+        if child.state is State.BACKOFF:
+            if now >= child.deadline:
+                self._spawn(child, now)
+            return
+        assert child.process is not None
+        returncode = child.process.poll()
+        if returncode is not None:
+            self._crashed(child, returncode, now, restart=restart)
+        elif child.state is State.STARTING:
+            self._check_started(child, now, restart=restart)
+
+    def _check_started(self, child: _Child, now: float, *, restart: bool) -> None:
+        if healthy(child.spec.health_url):
+            child.state, child.healthy_since = State.RUNNING, now
+            log.info("%s is healthy (pid %d)", child.spec.name, _pid(child))
+        elif now > child.deadline:
+            log.error("%s not healthy after %.0fs; killing it", child.spec.name,
+                      self._start_timeout)
+            assert child.process is not None
+            child.process.kill()
+            self._crashed(child, child.process.wait(), now, restart=restart)
+
+    def _crashed(self, child: _Child, returncode: int, now: float, *, restart: bool) -> None:
+        name, how = child.spec.name, describe_exit(returncode)
+        if not restart:
+            raise SupervisorError(f"{name} {how} during start-up; see the log above")
+        healthy_for = now - child.healthy_since if child.state is State.RUNNING else 0.0
+        delay = child.backoff.after_crash(healthy_for)
+        child.restarts += 1
+        child.state, child.deadline = State.BACKOFF, now + delay
+        log.warning("%s (pid %d) %s; restarting it in %.1fs (restart #%d)",
+                    name, _pid(child), how, delay, child.restarts)
+
+    def _spawn(self, child: _Child, now: float) -> None:
+        spec = child.spec
+        # A session of its own: Ctrl-C reaches only `up`, which then stops children in order.
+        child.process = subprocess.Popen(spec.command, env=spec.env, start_new_session=True)
+        child.state, child.deadline = State.STARTING, now + self._start_timeout
+        _write_atomically(self._pid_file(spec), f"{child.process.pid}\n")
+        log.info("started %s (pid %d)", spec.name, child.process.pid)
+
+    def _pid_file(self, spec: ChildSpec) -> Path:
+        return self._pid_dir / f"{spec.name}.pid"
+
+    def _sleep(self, seconds: float) -> None:
+        if not self._stopping:
+            time.sleep(seconds)
+
+
+def _pid(child: _Child) -> int:
+    return child.process.pid if child.process is not None else 0
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Readers (scripts, tests) never see a half-written PID file."""
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
