@@ -1,9 +1,10 @@
 """The whole connect flow in headless Chromium (Playwright) against a real OpenID provider.
 
-A tool's connect link is opened in a browser with no other sign-in; the user presses Connect,
-signs in and consents at ``oidc-provider``, and lands back on ``/connect`` showing whom the
-connection is for and its scopes; an MCP client then uses the connection through the gateway;
-Disconnect revokes the grant at the provider (its refresh token stops working) and deletes it.
+A tool's connect link is opened in a browser with no other sign-in; the user confirms the page
+naming whom the link is for, presses Connect, signs in and consents at ``oidc-provider``, and
+lands back on ``/connect`` showing whom the connection is for and its scopes; an MCP client
+then uses the connection through the gateway; Disconnect revokes the grant at the provider
+(its refresh token stops working) and deletes it.
 """
 
 from __future__ import annotations
@@ -82,8 +83,12 @@ async def test_connect_use_and_disconnect_in_a_browser(
     assert link is not None  # the tool answered with a one-time connect link
 
     page = await browser.new_page()
-    await page.goto(link[0])
-    assert page.url == stack.public_url + "/connect"  # the ticket is gone from the address bar
+    await page.goto(link[0])  # no sign-in configured: the link first says whom it is for
+    await expect(page.get_by_role("alert")).to_contain_text(
+        f"You are about to connect an account for user {user} of organisation acme. "
+        f"Only continue if you are {user}.")
+    await page.get_by_role("button", name=f"I am {user}: continue").click()
+    await page.wait_for_url(stack.public_url + "/connect")  # the ticket is gone from the URL
     await expect(page.get_by_role("heading", name="Connected accounts")).to_be_visible()
     await expect(page.get_by_text(f"Connecting accounts for user {user}")).to_be_visible()
 

@@ -1,4 +1,4 @@
-"""CSRF defence for the connect page's POST forms (Connect, Disconnect).
+"""CSRF defence for the connect pages' POST forms (Connect, Disconnect, confirming a link).
 
 A synchronizer token: a random value kept in the server-side session, rendered into each form
 and compared in constant time on submission. ``SameSite=Lax`` already keeps the cookie off
@@ -43,12 +43,21 @@ async def read_form(request: Request) -> dict[str, str]:
     return {name: values[0] for name, values in fields.items()}
 
 
-def check(request: Request, session: BrowserSession, form: dict[str, str], public_url: str) -> None:
+def check_origin(request: Request, public_url: str) -> None:
+    """Refuse a form another site made the browser send, whatever it carries."""
     origin = request.headers.get("origin")
     if origin is not None and origin.lower() != _origin(public_url):
         raise CsrfRejected("cross-origin form submission")
     if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
         raise CsrfRejected("cross-site form submission")
+
+
+def check_token(form: dict[str, str], expected: str) -> None:
     token = form.get(FIELD, "")
-    if not token or not hmac.compare_digest(token.encode(), session.csrf.encode()):
+    if not token or not expected or not hmac.compare_digest(token.encode(), expected.encode()):
         raise CsrfRejected("missing or wrong CSRF token")
+
+
+def check(request: Request, session: BrowserSession, form: dict[str, str], public_url: str) -> None:
+    check_origin(request, public_url)
+    check_token(form, session.csrf)

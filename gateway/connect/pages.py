@@ -42,6 +42,11 @@ def message(title: str, text: str, status: int) -> HTMLResponse:
     return render("message.html", status, title=title, text=text)
 
 
+def stale_form() -> HTMLResponse:
+    return message("Request refused", "This form is stale or did not come from this "
+                   "page. Reload the page and try again.", status=403)
+
+
 def redirect(url: str) -> RedirectResponse:
     """303 so the browser follows with GET; only to our own paths or a provider's endpoint."""
     return RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)

@@ -1,6 +1,8 @@
 """Browser routes of the connect flow; the gateway only serves pages and redirects.
 
-    GET  /connect?ticket=...           redeem a one-time connect link, start a session, 303 /connect
+    GET  /connect?ticket=...           open a one-time connect link, for its own user only
+                                       (:mod:`.tickets`): sign in first, or confirm
+    POST /connect/confirm              (CSRF) without sign-in: redeem the link, 303 /connect
     GET  /connect                      the providers and their state, Connect/Disconnect forms
     GET  /connect/signin[/callback]    optional sign-in through the issuer (:mod:`.signin`)
     POST /oauth/{provider}/start       (CSRF) 303 to the provider's authorization URL
@@ -21,11 +23,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.connect import csrf, internal, signin
-from gateway.connect.pages import message, redirect, render, stylesheet
+from gateway.connect import confirm, csrf, internal, signin, tickets
+from gateway.connect.pages import message, redirect, render, stale_form, stylesheet
 from gateway.connect.session import BrowserSession, SessionStore
 from gateway.services import Services, services_of
-from oauth.connect_links import redeem_connect_ticket
+from oauth.connect_links import look_up_connect_ticket
 
 _NO_SESSION = ("Open the connect link again",
                "This page needs the one-time connect link your assistant gave you. Links work "
@@ -33,15 +35,14 @@ _NO_SESSION = ("Open the connect link again",
 
 
 def _sessions(services: Services) -> SessionStore:
-    settings = services.settings
-    return SessionStore(services.redis, settings.public_url, settings.connect_session_ttl_seconds)
+    return SessionStore.of(services.redis, services.settings)
 
 
 async def connect_page(request: Request) -> Response:
     services = services_of(request.scope)
     sessions = _sessions(services)
     if "ticket" in request.query_params:
-        return await _redeem(sessions, request)
+        return await _open_link(sessions, request)
     session = await sessions.load(request)
     if session is None:
         if services.settings.signin_client_id:
@@ -59,18 +60,19 @@ async def connect_page(request: Request) -> Response:
                   providers=[_describe(p) for p in listed.get("providers", [])])
 
 
-async def _redeem(sessions: SessionStore, request: Request) -> Response:
+async def _open_link(sessions: SessionStore, request: Request) -> Response:
     services = services_of(request.scope)
-    grant = await redeem_connect_ticket(services.redis, request.query_params["ticket"])
-    if grant is None:
-        return message("This link has expired",
-                       "Connect links work once and only for a few minutes. Ask your "
-                       "assistant for a new one.", status=410)
-    await sessions.end(request)  # a new link replaces any earlier session in this browser
-    session = await sessions.create(grant["org"], grant["user"])
-    response = redirect("/connect")  # drop the ticket from the address bar and history
-    sessions.set_cookie(response, session)
-    return response
+    ticket = request.query_params["ticket"]
+    lookup = await look_up_connect_ticket(services.redis, ticket)
+    if lookup.grant is None:
+        return tickets.unusable(lookup.state)
+    with_signin = bool(services.settings.signin_client_id)
+    session = await sessions.load(request)
+    if session is not None and (session.signed_in or not with_signin):
+        return await tickets.accept(services.redis, sessions, session, ticket)
+    if with_signin:
+        return await signin.start(request, ticket=ticket)
+    return confirm.interstitial(request, services.settings, ticket, lookup.grant)
 
 
 def _describe(item: dict[str, Any]) -> dict[str, Any]:
@@ -94,16 +96,11 @@ async def _form_session(request: Request) -> tuple[Services, SessionStore, Brows
     return services, sessions, session
 
 
-def _stale_form() -> Response:
-    return message("Request refused", "This form is stale or did not come from this "
-                   "page. Reload the page and try again.", status=403)
-
-
 async def start(request: Request) -> Response:
     try:
         services, _, session = await _form_session(request)
     except csrf.CsrfRejected:
-        return _stale_form()
+        return stale_form()
     provider = request.path_params["provider"]
     try:
         answer = await internal.call(services, session, "POST", "/authorize",
@@ -151,7 +148,7 @@ async def disconnect(request: Request) -> Response:
     try:
         services, sessions, session = await _form_session(request)
     except csrf.CsrfRejected:
-        return _stale_form()
+        return stale_form()
     provider = request.path_params["provider"]
     try:
         result = await internal.call(services, session, "POST", "/disconnect",
@@ -173,5 +170,6 @@ ROUTES = [
     Route("/oauth/{provider}/start", start, methods=["POST"]),
     Route("/oauth/{provider}/callback", callback, methods=["GET"]),
     Route("/oauth/{provider}/disconnect", disconnect, methods=["POST"]),
+    *confirm.ROUTES,
     *signin.ROUTES,
 ]

@@ -1,11 +1,13 @@
 """The browser's connect session: an opaque cookie naming server-side data kept in Redis.
 
-Redeeming a connect ticket (one-time, bound to an organisation and user) starts a session; no
-separate login is needed. The cookie holds only 256 random bits: no identity, no verifier, no
-token. Redis keeps ``{org, user, csrf, flash}`` under the SHA-256 of that value with a TTL, so
-a Redis dump does not yield usable cookies and any gateway replica can serve the browser. The
-*browser binding* given to mcp_server for each authorization request is a different,
-domain-separated hash of the same value: a state can only be completed by this browser.
+A session starts by signing in through the issuer (``signed_in``) or, when no sign-in is
+configured, by confirming a connect ticket (one-time, bound to an organisation and user; who
+may redeem which ticket: :mod:`gateway.connect.tickets`). The cookie holds only 256 random
+bits: no identity, no verifier, no token. Redis keeps ``{org, user, csrf, flash, signed_in}``
+under the SHA-256 of that value with a TTL, so a Redis dump does not yield usable cookies and
+any gateway replica can serve the browser. The *browser binding* given to mcp_server for each
+authorization request is a different, domain-separated hash of the same value: a state can
+only be completed by this browser.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import Response
+
+from gateway.settings import GatewaySettings
 
 SESSION_PREFIX = "gatehouse:connect:session:"
 _DEV_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -47,6 +51,10 @@ class BrowserSession:
     user_id: str
     csrf: str = field(repr=False)
     flash: list[dict[str, str]] = field(default_factory=list)
+    signed_in: bool = False  # proven through the issuer, not only by holding a ticket
+
+    def is_for(self, org_id: str, user_id: str) -> bool:
+        return (self.org_id, self.user_id) == (org_id, user_id)
 
     @property
     def binding(self) -> str:
@@ -64,9 +72,13 @@ class SessionStore:
         self._secure = not is_development(public_url)
         self.cookie = cookie_name(public_url)
 
-    async def create(self, org_id: str, user_id: str) -> BrowserSession:
+    @classmethod
+    def of(cls, redis: Redis, settings: GatewaySettings) -> SessionStore:
+        return cls(redis, settings.public_url, settings.connect_session_ttl_seconds)
+
+    async def create(self, org_id: str, user_id: str, *, signed_in: bool) -> BrowserSession:
         session = BrowserSession(secrets.token_urlsafe(32), org_id, user_id,
-                                 secrets.token_urlsafe(32))
+                                 secrets.token_urlsafe(32), signed_in=signed_in)
         await self.save(session)
         return session
 
@@ -78,11 +90,12 @@ class SessionStore:
         if raw is None:
             return None
         data = json.loads(raw)
-        return BrowserSession(secret, data["org"], data["user"], data["csrf"], data["flash"])
+        return BrowserSession(secret, data["org"], data["user"], data["csrf"], data["flash"],
+                              data.get("signed_in") is True)
 
     async def save(self, session: BrowserSession) -> None:
         data = {"org": session.org_id, "user": session.user_id, "csrf": session.csrf,
-                "flash": session.flash}
+                "flash": session.flash, "signed_in": session.signed_in}
         key = SESSION_PREFIX + _digest("session", session.secret)
         await self._redis.set(key, json.dumps(data), ex=self._ttl)
 

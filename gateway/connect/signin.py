@@ -9,11 +9,16 @@ open ``/connect`` directly and sign in. The outcome is the very session a connec
 (:class:`gateway.connect.session.SessionStore`), for the organisation and user the configured
 claim mapping reads, after the usual just-in-time provisioning.
 
-Each authorization request keeps ``{binding, nonce, verifier}`` in Redis under the SHA-256 of
-its ``state`` with a TTL; the callback takes it with ``GETDEL`` before anything else, so a state
-works once, and only in the browser whose pre-sign-in cookie hashes to ``binding``. Failures
-show an escaped page and store nothing. Redirects go only to the issuer's discovered
-authorization endpoint or to ``/connect``; nothing in a request chooses a destination.
+A connect link opened without a signed-in session starts a sign-in too: its ticket waits in the
+sign-in's record (never in a URL) and is redeemed after the callback only if the signed-in
+person is the ticket's user (:mod:`gateway.connect.tickets`).
+
+Each authorization request keeps ``{binding, nonce, verifier[, ticket]}`` in Redis under the
+SHA-256 of its ``state`` with a TTL; the callback takes it with ``GETDEL`` before anything
+else, so a state works once, and only in the browser whose pre-sign-in cookie hashes to
+``binding``. Failures show an escaped page and store nothing. Redirects go only to the
+issuer's discovered authorization endpoint or to ``/connect``; nothing in a request chooses a
+destination.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.connect import tickets
 from gateway.connect.pages import message, redirect
 from gateway.connect.session import SessionStore, is_development
 from gateway.connect.signin_oidc import SigninClient, SigninError
@@ -72,6 +78,11 @@ def _refused(text: str, status: int = 400) -> Response:
 
 
 async def begin(request: Request) -> Response:
+    return await start(request)
+
+
+async def start(request: Request, *, ticket: str | None = None) -> Response:
+    """303 to the issuer; ``ticket`` (already looked up) is redeemed after the callback."""
     services, client = _enabled(request)
     settings = services.settings
     try:
@@ -82,6 +93,8 @@ async def begin(request: Request) -> Response:
     secret = _browser_secret(request, settings.public_url) or secrets.token_urlsafe(32)
     state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
     record = {"binding": _binding(secret), "nonce": nonce, "verifier": verifier}
+    if ticket is not None:
+        record["ticket"] = ticket
     ttl = settings.signin_state_ttl_seconds
     await services.redis.set(state_key(state), json.dumps(record), ex=ttl, nx=True)
     scopes = settings.signin_scopes.split()
@@ -120,11 +133,14 @@ async def callback(request: Request) -> Response:
         principal = await _complete(services, client, request, record)
     except SigninError as exc:
         return _refused(str(exc))
-    sessions = SessionStore(services.redis, settings.public_url,
-                            settings.connect_session_ttl_seconds)
+    sessions = SessionStore.of(services.redis, settings)
     await sessions.end(request)  # a sign-in replaces any earlier session in this browser
-    session = await sessions.create(principal.org_id, principal.user_id)
-    response = redirect("/connect")
+    session = await sessions.create(principal.org_id, principal.user_id, signed_in=True)
+    refusal = None
+    if "ticket" in record:  # signed in as its user, or refused: never linked to another
+        refusal = await tickets.use_for(services.redis, record["ticket"], session)
+        await sessions.save(session)
+    response = refusal or redirect("/connect")
     sessions.set_cookie(response, session)
     response.delete_cookie(cookie_name(settings.public_url), path="/",
                            secure=not is_development(settings.public_url), httponly=True,

@@ -45,6 +45,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-component-update", "--disable-sync"]
 CLIENTS = {"idp": ("gatehouse-connect-a", "Test IdP"), "idp2": ("gatehouse-connect-b", "Other IdP")}
 CLIENT_SECRET = "connect-client-secret"
+SIGNIN_CLIENT = "gatehouse-connect-signin"
 T = TypeVar("T")
 
 
@@ -129,25 +130,41 @@ def _start_on(factory: str, env: dict[str, str], port: int, log_dir: Path, name:
     return server
 
 
-def _clients(public_url: str) -> list[dict[str, object]]:
-    return [
+def _clients(public_url: str, signin: bool) -> list[dict[str, object]]:
+    clients: list[dict[str, object]] = [
         {"client_id": client_id, "client_secret": CLIENT_SECRET,
          "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
          "redirect_uris": [f"{public_url}/oauth/{name}/callback"],
          "token_endpoint_auth_method": "client_secret_basic"}
         for name, (client_id, _) in CLIENTS.items()
     ]
+    if signin:
+        clients.append({"client_id": SIGNIN_CLIENT, "client_secret": CLIENT_SECRET,
+                        "grant_types": ["authorization_code"], "response_types": ["code"],
+                        "redirect_uris": [f"{public_url}/connect/signin/callback"],
+                        "token_endpoint_auth_method": "client_secret_basic"})
+    return clients
+
+
+def _signin_env(provider: OidcProvider) -> dict[str, str]:
+    """The gateway trusts ``provider`` as its issuer and signs people in to /connect there."""
+    return {"GATEHOUSE_ISSUER": provider.issuer, "GATEHOUSE_JWKS_URL": provider.jwks_url,
+            "GATEHOUSE_AUDIENCE": provider.audience, "GATEHOUSE_SIGNIN_CLIENT_ID": SIGNIN_CLIENT,
+            "GATEHOUSE_SIGNIN_CLIENT_SECRET": CLIENT_SECRET,
+            "GATEHOUSE_SIGNIN_RESOURCE": provider.audience}
 
 
 @contextmanager
 def connect_stack(
     database: Database, redis_url: str, internal_public: Path, gateway_env: dict[str, str],
-    work_dir: Path, *, state_ttl: int = 600,
+    work_dir: Path, *, state_ttl: int = 600, signin: bool = False,
 ) -> Iterator[ConnectStack]:
+    """With ``signin``, the provider is also the gateway's issuer and people sign in to
+    /connect there (users then come from ``stack.new_user(stack.provider, org)``)."""
     port = free_port()
     public_url = f"http://127.0.0.1:{port}"
     token_keys = "k1:" + base64.b64encode(secrets.token_bytes(32)).decode()
-    with OidcProvider(clients=_clients(public_url)) as provider:
+    with OidcProvider(clients=_clients(public_url, signin)) as provider:
         providers = {
             name: {"discovery_url": provider.discovery_url, "client_id": client_id,
                    "client_secret": CLIENT_SECRET, "display_name": display,
@@ -165,6 +182,7 @@ def connect_stack(
             gateway = _start_on("gateway.app:create_app", {
                 **gateway_env, "GATEHOUSE_PUBLIC_URL": public_url,
                 "GATEHOUSE_MCP_SERVER_URL": mcp.url + "/mcp",
+                **(_signin_env(provider) if signin else {}),
             }, port, work_dir, "connect-gateway")
             try:
                 yield ConnectStack(gateway, mcp, provider, database, redis_url, token_keys)
@@ -175,26 +193,40 @@ def connect_stack(
 
 
 class GatewayBrowser:
-    """A browser stand-in over httpx: no redirects followed, the session cookie kept by hand."""
+    """A browser stand-in over httpx: no redirects followed, cookies kept by hand."""
 
     def __init__(self, stack: ConnectStack) -> None:
         self.stack = stack
         self.http = httpx.Client(base_url=stack.public_url, follow_redirects=False, timeout=15)
-        self.cookie: str | None = None  # "name=value"
-        self.set_cookie: str | None = None  # the raw Set-Cookie header, attributes included
+        self.cookies: dict[str, str] = {}
+        self.cookie: str | None = None  # "name=value" of the connect session
+        self.set_cookie: str | None = None  # its raw Set-Cookie header, attributes included
 
     def close(self) -> None:
         self.http.close()
 
     def _headers(self) -> dict[str, str]:
-        return {"Cookie": self.cookie} if self.cookie else {}
+        jar = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+        return {"Cookie": jar} if jar else {}
 
-    def open_link(self, link: str) -> httpx.Response:
-        response = self.http.get(link)
-        header = response.headers.get("set-cookie")
-        if header:
-            self.set_cookie = header
-            self.cookie = header.split(";", 1)[0]
+    def _keep(self, response: httpx.Response) -> None:
+        for header in response.headers.get_list("set-cookie"):
+            name, _, value = header.split(";", 1)[0].partition("=")
+            if value.strip('"') and "max-age=0" not in header.lower():
+                self.cookies[name] = value
+            else:
+                self.cookies.pop(name, None)
+            if name == "gatehouse_connect":
+                self.set_cookie, self.cookie = header, f"{name}={value}"
+
+    def open_link(self, link: str, *, confirm: bool = True) -> httpx.Response:
+        """Open a connect link; without sign-in its page asks who you are: with ``confirm``,
+        answer as the person it names (press its button)."""
+        response = self.http.get(link, headers=self._headers())
+        self._keep(response)
+        if confirm and response.status_code == 200 and "/connect/confirm" in response.text:
+            response = self.post("/connect/confirm", confirm_form(response.text))
+            self._keep(response)
         return response
 
     def get(self, path: str, **params: str) -> httpx.Response:
@@ -222,6 +254,11 @@ class GatewayBrowser:
         page = self.get("/connect").text
         match = re.search(r'role="status"[^>]*>(.*?)</div>', page, re.S)
         return match[1] if match else ""
+
+
+def confirm_form(page: str) -> dict[str, str]:
+    """The hidden fields of a connect link's confirmation page."""
+    return dict(re.findall(r'name="(ticket|csrf_token)" value="([^"]+)"', page))
 
 
 def query_of(url: str) -> dict[str, str]:
