@@ -1,4 +1,20 @@
-"""Who is calling: the typed contract between authentication and everything after it."""
+"""Who is calling: the typed contract between authentication and everything after it.
+
+Organisation and user ids come from the token's claims and end up in SQL rows, Redis keys, cache
+keys, audit rows and prompt variables, so they are checked once, here, and refused with a 401:
+
+* 1-255 characters (code points);
+* printable, without whitespace: no character of the Unicode categories C* (control, format such
+  as zero-width or bidi marks, surrogate, private use, unassigned) or Z* (spaces, line and
+  paragraph separators). Everything else is allowed, including ``:`` ``|`` ``@`` ``.`` ``-``
+  ``_`` ``/`` and non-Latin letters, because real issuers' subjects look like ``auth0|123``,
+  ``alice@example.com`` or URNs. Ids are compared exactly, never normalised (an issuer's ``sub``
+  is case-sensitive); keys built from them go through :func:`resilience.keys.key_of`, so
+  separators inside ids cannot make two tenants share a key;
+* not starting with ``_``: that prefix is Gatehouse's own (``_platform`` holds the global
+  prompt layer and the authentication-failure audit, ``_gatehouse`` is the system user of
+  background work), so no token can act as or inside them.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +26,7 @@ from typing import Any
 from gateway.errors import Unauthenticated
 
 _MAX_ID = 255
+RESERVED_PREFIX = "_"  # ids of Gatehouse's own pseudo-organisation and system user
 _MAX_ROLES = 32
 
 
@@ -55,10 +72,18 @@ def _lookup(claims: Mapping[str, Any], path: str) -> Any:
 
 
 def _identifier(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > _MAX_ID:
-        raise Unauthenticated(f"token lacks a usable {what} claim")
-    if any(unicodedata.category(ch).startswith("C") for ch in value):
-        raise Unauthenticated(f"token's {what} claim contains control characters")
+    # The details name the rule, never the value (it is caller text and ends up in a header).
+    if not isinstance(value, str) or not value:
+        raise Unauthenticated(f"token lacks a usable {what} id claim")
+    if len(value) > _MAX_ID:
+        raise Unauthenticated(f"token's {what} id is longer than {_MAX_ID} characters")
+    if any(unicodedata.category(ch)[0] in "CZ" for ch in value):
+        raise Unauthenticated(
+            f"token's {what} id contains whitespace or a control, format, private-use or "
+            "unassigned character; ids must be printable text without spaces")
+    if value.startswith(RESERVED_PREFIX):
+        raise Unauthenticated(
+            f"token's {what} id starts with {RESERVED_PREFIX}, which is reserved for Gatehouse")
     return value
 
 
