@@ -72,9 +72,10 @@ class Unauthenticated(GatewayError):
     code = "invalid_token"
     title = "Authentication required"
 
-    def __init__(self, detail: str, *, code: str = "invalid_token") -> None:
+    def __init__(self, detail: str, *, code: str = "invalid_token", reason: str = "") -> None:
         super().__init__(detail)
         self.code = code
+        self.reason = reason  # which rule refused a token (oauth.jwt_rules); logged, not shown
 
 
 class Forbidden(GatewayError):

@@ -16,14 +16,22 @@ from dataclasses import dataclass
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from oauth.errors import AssertionRejected
+from oauth.errors import AssertionRejected, JwtRejected
+from oauth.jwt_rules import JwtPolicy, decode, read_header
 
 ISSUER = "gatehouse-gateway"
 AUDIENCE = "gatehouse-mcp-server"
 ALGORITHM = "EdDSA"
 TOKEN_TYPE = "gatehouse-assertion+jwt"
 MAX_LIFETIME = 60
-_LEEWAY = 5
+MAX_BYTES = 16_384  # a session's tool allow-list travels inside
+
+POLICY = JwtPolicy(
+    issuer=ISSUER, audience=AUDIENCE, algorithms=frozenset({ALGORITHM}), skew=5,
+    max_bytes=MAX_BYTES, accepted_types=frozenset({TOKEN_TYPE}),
+    required_claims=("exp", "iat", "iss", "aud", "sub", "org", "rid"),
+    max_lifetime=MAX_LIFETIME, keys_by_id=False,
+)
 
 
 @dataclass(frozen=True)
@@ -69,30 +77,19 @@ class AssertionSigner:
 
 
 class AssertionVerifier:
+    """mcp_server's check of the gateway's assertion, under the shared JWT rules."""
+
     def __init__(self, public_key: Ed25519PublicKey) -> None:
         self._key = public_key
 
-    def verify(self, token: str) -> CallerIdentity:
+    def verify(self, token: str, *, now: float | None = None) -> CallerIdentity:
         try:
-            header = jwt.get_unverified_header(token)
-            if header.get("typ") != TOKEN_TYPE or header.get("alg") != ALGORITHM:
-                raise AssertionRejected("not an internal assertion")
-            claims = jwt.decode(
-                token,
-                self._key,
-                algorithms=[ALGORITHM],
-                audience=AUDIENCE,
-                issuer=ISSUER,
-                leeway=_LEEWAY,
-                options={"require": ["exp", "iat", "iss", "aud", "sub", "org", "rid"]},
-            )
-        except jwt.PyJWTError as exc:
-            raise AssertionRejected(f"invalid assertion: {type(exc).__name__}") from exc
-        exp, iat = claims["exp"], claims["iat"]
-        if not isinstance(exp, int) or not isinstance(iat, int) or exp - iat > MAX_LIFETIME:
-            raise AssertionRejected("assertion lifetime exceeds the maximum")
-        if iat > time.time() + _LEEWAY:
-            raise AssertionRejected("assertion issued in the future")
+            header = read_header(token, POLICY)
+            claims = decode(token, self._key, header, POLICY, time.time() if now is None else now)
+        except AssertionRejected:
+            raise
+        except JwtRejected as exc:
+            raise AssertionRejected(f"invalid assertion: {exc}", exc.reason) from None
         return CallerIdentity(
             org_id=str(claims["org"]),
             user_id=str(claims["sub"]),

@@ -1,7 +1,8 @@
 """Errors of the ``oauth`` package.
 
     OAuthError
-    ├── AssertionRejected     an internal assertion failed verification (reason in the message)
+    ├── JwtRejected           a JWT broke a rule of oauth.jwt_rules (``reason`` says which)
+    │   └── AssertionRejected an internal assertion failed verification
     ├── KeyringError          the token keyring's configuration is malformed
     ├── VaultError            a stored token cannot be sealed or opened
     │   ├── UnknownKeyId      the row names a key id the keyring does not hold
@@ -20,8 +21,20 @@ class OAuthError(Exception):
     """Root of every error raised by this package."""
 
 
-class AssertionRejected(OAuthError):
+class JwtRejected(OAuthError):
+    """A JWT is malformed, forged, expired or meant for someone else. ``reason`` is a stable
+    code (``algorithm``, ``signature``, ``expired``, ...); the message is safe to show."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class AssertionRejected(JwtRejected):
     """An internal assertion is missing, malformed, forged, expired or meant for someone else."""
+
+    def __init__(self, message: str, reason: str = "assertion") -> None:
+        super().__init__(reason, message)
 
 
 class KeyringError(OAuthError):
