@@ -1,10 +1,10 @@
 """The gateway as an OpenID Connect client of its own issuer: discovery, code exchange and ID
 token validation for signing people in to ``/connect`` (:mod:`gateway.connect.signin`).
 
-Why a separate validator rather than :class:`gateway.tokens.TokenVerifier`: an ID token is
-addressed to the gateway's *client id*, carries a ``nonce`` and has no ``at+jwt`` type, so the
-bearer-token policy does not fit. What is shared is the trust anchor: keys come only from the
-issuer's JWKS through the same :class:`gateway.jwks.JwksCache`, never from token headers.
+ID tokens are held to the same JWT rules as access tokens (:mod:`oauth.jwt_rules`) under their
+own policy: addressed to the gateway's *client id*, never an ``at+jwt`` access token; then the
+``azp`` and ``nonce`` checks of OpenID Connect. Keys come only from the issuer's JWKS through the
+same :class:`gateway.jwks.JwksCache`, never from token headers.
 Every failure is a :class:`SigninError` whose message is safe to show (it is escaped anyway).
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import math
 import re
 import time
 from collections.abc import Collection
@@ -21,18 +20,34 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-import jwt
 
 from gateway.jwks import JwksCache, JwksUnavailable
 from gateway.settings import GatewaySettings
+from oauth.errors import JwtRejected
+from oauth.jwt_rules import SYMMETRIC_ALGORITHMS, JwtPolicy, decode, key_from_jwk, read_header
 
 _MAX_DOCUMENT = 65_536
 _DISCOVERY_TTL = 3600.0
 _EXCHANGE_TIMEOUT = 10.0
-_KID = re.compile(r"^[A-Za-z0-9._~+/=-]{1,128}$")
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_UNSAFE_ALGS = frozenset({"none", "HS256", "HS384", "HS512"})
-_KEY_TYPES = {"RSA": ("RS", "PS"), "EC": ("ES",), "OKP": ("EdDSA", "Ed")}
+_REFUSED = "The identity provider's ID token was not accepted"
+# What each refusal of the shared JWT rules means to the person signing in.
+_SIGNIN_PHRASES = {
+    "too_large": "it is too large.",
+    "malformed": "it is malformed.",
+    "algorithm": "its algorithm is not allowed.",
+    "crit": "it has critical header parameters.",
+    "type": "it is an access token.",
+    "key_id": "its key id is missing or malformed.",
+    "unknown_key": "it is not signed by the issuer's key.",
+    "key_mismatch": "it is not signed by the issuer's key.",
+    "signature": "its signature is wrong.",
+    "audience": "it was issued for someone else.",
+    "expired": "it has expired.",
+    "not_yet_valid": "it is not yet valid.",
+    "issued_in_future": "it is outside its validity period.",
+    "time_claim": "its time claims are not integer times.",
+}
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -166,66 +181,35 @@ async def validate_id_token(
     access_token_types: Collection[str] = ("at+jwt", "application/at+jwt"),
     now: float | None = None,
 ) -> dict[str, Any]:
-    """OpenID Connect Core 3.1.3.7: signature by the issuer's key with an allowed asymmetric
-    algorithm, ``iss`` exact, ``aud`` holding the client id (``azp`` when several), integer
-    ``exp``/``iat`` within the skew, and the ``nonce`` this browser's request stored."""
-    refused = "The identity provider's ID token was not accepted"
-    if len(token) > max_bytes:
-        raise SigninError(f"{refused}: it is too large.")
+    """OpenID Connect Core 3.1.3.7: the shared JWT rules (:mod:`oauth.jwt_rules`: allowed
+    asymmetric algorithm, the issuer's key, ``iss`` exact, integer ``exp``/``iat`` within the
+    skew), then ``aud`` holding the client id (``azp`` when several), and the ``nonce`` this
+    browser's request stored."""
+    policy = JwtPolicy(
+        issuer=issuer, audience=client_id, skew=skew, max_bytes=max_bytes,
+        algorithms=frozenset(algorithms) - SYMMETRIC_ALGORITHMS,
+        refused_types=frozenset(t.lower() for t in access_token_types),
+        required_claims=("exp", "iat", "iss", "aud", "sub"),
+    )
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
-        raise SigninError(f"{refused}: it is malformed.") from None
-    alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
-    if not isinstance(alg, str) or alg not in algorithms or alg in _UNSAFE_ALGS:
-        raise SigninError(f"{refused}: its algorithm is not allowed.")
-    if "crit" in header:
-        raise SigninError(f"{refused}: it has critical header parameters.")
-    if isinstance(typ, str) and typ.lower() in {t.lower() for t in access_token_types}:
-        raise SigninError(f"{refused}: it is an access token.")
-    if not isinstance(kid, str) or not _KID.match(kid):
-        raise SigninError(f"{refused}: its key id is missing or malformed.")
-    try:
-        jwk = await jwks.get(kid)
+        header = read_header(token, policy)
+        assert header.kid is not None  # the policy looks keys up by id
+        key = key_from_jwk(await jwks.get(header.kid), header.alg)
+        claims = decode(token, key, header, policy, time.time() if now is None else now)
     except JwksUnavailable:
         raise SigninError("The identity provider's keys are unavailable; try again.") from None
-    prefixes = _KEY_TYPES.get(str(jwk.get("kty")), ()) if jwk else ()
-    if jwk is None or jwk.get("alg", alg) != alg or not any(map(alg.startswith, prefixes)):
-        raise SigninError(f"{refused}: it is not signed by the issuer's key.")
-    try:
-        key = jwt.PyJWK(jwk, algorithm=alg)
-        claims: dict[str, Any] = jwt.decode(
-            token, key.key, algorithms=[alg], audience=client_id, issuer=issuer, leeway=skew,
-            options={"require": ["exp", "iat", "iss", "aud", "sub"]},
-        )
-    except jwt.InvalidSignatureError:
-        raise SigninError(f"{refused}: its signature is wrong.") from None
-    except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
-        raise SigninError(f"{refused}: it was issued for someone else.") from None
-    except jwt.ExpiredSignatureError:
-        raise SigninError(f"{refused}: it has expired.") from None
-    except jwt.PyJWTError:
-        raise SigninError(f"{refused}: it is invalid.") from None
-    _check_claims(claims, client_id, nonce, skew, time.time() if now is None else now, refused)
+    except JwtRejected as exc:
+        phrase = _SIGNIN_PHRASES.get(exc.reason, "it is invalid.")
+        raise SigninError(f"{_REFUSED}: {phrase}") from None
+    _check_audience_and_nonce(claims, client_id, nonce)
     return claims
 
 
-def _check_claims(claims: dict[str, Any], client_id: str, nonce: str, skew: int, now: float,
-                  refused: str) -> None:
-    for name in ("exp", "iat", "nbf"):
-        value = claims.get(name)
-        if (value is not None or name != "nbf") and (
-            type(value) is not int or not math.isfinite(value)
-        ):
-            raise SigninError(f"{refused}: its {name} is not an integer time.")
-    if claims["exp"] + skew <= now or claims["iat"] - skew > now:
-        raise SigninError(f"{refused}: it is outside its validity period.")
-    if claims.get("nbf", 0) - skew > now:
-        raise SigninError(f"{refused}: it is not yet valid.")
+def _check_audience_and_nonce(claims: dict[str, Any], client_id: str, nonce: str) -> None:
     audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
     azp = claims.get("azp")
     if (len(audiences) > 1 or azp is not None) and azp != client_id:
-        raise SigninError(f"{refused}: it was issued for someone else.")
+        raise SigninError(f"{_REFUSED}: it was issued for someone else.")
     found = claims.get("nonce")
     if not isinstance(found, str) or not hmac.compare_digest(found.encode(), nonce.encode()):
-        raise SigninError(f"{refused}: it does not answer this sign-in (nonce).")
+        raise SigninError(f"{_REFUSED}: it does not answer this sign-in (nonce).")
