@@ -24,18 +24,19 @@ Time: by default Redis's own clock (``TIME``) decides, so replicas' clock skew d
 Tests pass ``clock``; its value is then sent with every script run. Key TTLs only collect idle
 breakers (a day at least) and never drive a transition.
 
-Redis unreachable: each call waits at most the client's timeouts (0.5 s with
-:func:`resilience.redis.create_redis`, capped here at ``REDIS_DEADLINE``), then the breaker
-falls back to a local in-process breaker with the same rules, and skips Redis for
-``REDIS_RETRY_SECONDS`` before trying it again. Outcomes of calls admitted by Redis that cannot
-be recorded are dropped. Recovery is automatic; the shared state resumes where Redis kept it.
+Redis unreachable or slower than its timeout: the call that finds out waits at most the
+client's timeouts (0.5 s with :func:`resilience.redis.create_redis`, capped here at
+``REDIS_DEADLINE``); from then on the breaker decides with a local in-process breaker with the
+same rules and does not ask Redis until the client's :class:`~resilience.health.RedisHealth`
+(shared with the rate limits) finds it healthy again. Outcomes of calls admitted by Redis that
+cannot be recorded are dropped. Recovery is automatic; the shared state resumes where Redis
+kept it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -47,15 +48,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from resilience.errors import CircuitOpen
+from resilience.health import health_of
 from resilience.keys import key_of
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 # Seconds.
 REDIS_DEADLINE = 1.0
-REDIS_RETRY_SECONDS = 1.0
 MIN_KEY_TTL = 86_400
 
 # One transition on one breaker's hash, as a Lua function so that other scripts (the rate
@@ -235,7 +234,7 @@ class CircuitBreaker:
         self._ttl = max(MIN_KEY_TTL, math.ceil(10 * (window_seconds + reset_timeout)))
         self._script = redis.register_script(TRANSITION_LUA)
         self._local = _LocalBreaker(self._rules)
-        self._skip_redis_until = 0.0
+        self._health = health_of(redis)
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Await ``fn()`` if the breaker admits it; otherwise raise :class:`CircuitOpen`."""
@@ -281,8 +280,8 @@ class CircuitBreaker:
 
     @property
     def shared(self) -> bool:
-        """Whether Redis is to be asked now (False for a while after it failed)."""
-        return time.monotonic() >= self._skip_redis_until
+        """Whether Redis is to be asked now (not while it is known down or slow)."""
+        return self._health.available
 
     def script_args(self, op: str, generation: int) -> list[str | int | float]:
         """ARGV for :data:`TRANSITION_LUA`: now, op, generation, then the rules."""
@@ -313,6 +312,8 @@ class CircuitBreaker:
         if ticket.local:
             self._local.apply(op, ticket.generation, self._now())
             return
+        if not self.shared:  # the outcome is dropped rather than waited for
+            return
         try:
             await self._shared(op, ticket.generation)
         except (RedisError, OSError, TimeoutError) as exc:
@@ -324,10 +325,8 @@ class CircuitBreaker:
         return self.ticket(reply)
 
     def redis_failed(self, exc: BaseException) -> None:
-        """Skip Redis for ``REDIS_RETRY_SECONDS``; the local breaker decides meanwhile."""
-        self._skip_redis_until = time.monotonic() + REDIS_RETRY_SECONDS
-        log.warning("breaker %r: Redis unavailable (%s); using the local breaker",
-                    self.name, type(exc).__name__)
+        """Skip Redis until it is healthy again; the local breaker decides meanwhile."""
+        self._health.failed(exc, "breakers decide locally")
 
     def _now(self) -> float:
         return time.time() if self._clock is None else self._clock()

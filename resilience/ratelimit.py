@@ -19,14 +19,15 @@ Identifiers are percent-encoded before they are joined with ":", so ``("a:b", "c
 ``("a", "b:c")`` can never share a bucket. When Redis is unreachable the limits'
 :class:`FailurePolicy` decides: ``OPEN`` admits (availability first), ``CLOSED`` raises
 :class:`LimiterUnavailable` (protection first); the breaker falls back to its local state.
-Either way the call returns within :data:`REDIS_DEADLINE`.
+Either way the call returns within :data:`REDIS_DEADLINE`, and once one call has failed or timed
+out the next ones do not ask Redis at all until a background probe finds it healthy again
+(:mod:`resilience.health`): a slow Redis is paid for once, not by every request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,9 +37,8 @@ from redis.exceptions import RedisError
 
 from resilience.breaker import NOW_LUA, TRANSITION_FUNCTION_LUA, BreakerTicket, CircuitBreaker
 from resilience.errors import LimiterUnavailable
+from resilience.health import RedisHealth, health_of
 from resilience.keys import key_of
-
-log = logging.getLogger(__name__)
 
 REDIS_DEADLINE = 1.0  # seconds
 
@@ -159,6 +159,7 @@ class RateLimiter:
         self.window_seconds = int(item.get_expiry())
         self.policy = policy
         self.script = redis.register_script(ADMIT_LUA)
+        self.health = health_of(redis)  # shared with every limiter and breaker on this client
         self._prefix = f"{namespace}:{self.limit}/{self.window_seconds}"
 
     def bucket(self, *identifiers: str) -> Bucket:
@@ -192,6 +193,9 @@ async def admit(buckets: Sequence[Bucket], breaker: CircuitBreaker | None = None
     args: list[str | int | float] = [len(buckets), "" if clock is None else repr(clock())]
     for b in buckets:
         args += [b.limiter.limit, b.limiter.window_seconds]
+    health = buckets[0].limiter.health
+    if not health.available:  # known down or slow: the fallback at once, no wait
+        return _degraded(buckets, breaker, health)
     ask_breaker = breaker is not None and breaker.shared
     if breaker is not None and ask_breaker:
         keys.append(breaker.key)
@@ -200,7 +204,8 @@ async def admit(buckets: Sequence[Bucket], breaker: CircuitBreaker | None = None
         async with asyncio.timeout(REDIS_DEADLINE):
             reply = await buckets[0].limiter.script(keys=keys, args=args)
     except (RedisError, OSError, TimeoutError) as exc:
-        return _degraded(buckets, breaker, exc)
+        health.failed(exc, _fallback(buckets))
+        return _degraded(buckets, breaker, health)
     decisions = tuple(
         b.limiter.decision(*reply[3 * i: 3 * i + 3]) for i, b in enumerate(buckets))
     ticket = None
@@ -209,12 +214,18 @@ async def admit(buckets: Sequence[Bucket], breaker: CircuitBreaker | None = None
     return Admission(decisions, ticket)
 
 
+def _fallback(buckets: Sequence[Bucket]) -> str:
+    closed = any(b.limiter.policy is FailurePolicy.CLOSED for b in buckets)
+    return "failing closed" if closed else "failing open"
+
+
 def _degraded(buckets: Sequence[Bucket], breaker: CircuitBreaker | None,
-              exc: BaseException) -> Admission:
-    log.warning("rate-limit store unavailable (%s)", type(exc).__name__)
-    decisions = tuple(b.limiter.degraded() for b in buckets)
-    ticket = None
-    if breaker is not None:
-        breaker.redis_failed(exc)
-        ticket = breaker.local_ticket()
-    return Admission(decisions, ticket)
+              health: RedisHealth) -> Admission:
+    try:
+        decisions = tuple(b.limiter.degraded() for b in buckets)
+    except LimiterUnavailable:
+        health.decided_without(admitted=False)
+        raise
+    admission = Admission(decisions, None if breaker is None else breaker.local_ticket())
+    health.decided_without(admitted=admission.admitted)
+    return admission
