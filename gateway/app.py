@@ -31,6 +31,7 @@ from gateway.forwarding import McpForwarder
 from gateway.jwks import JwksCache
 from gateway.metrics import Metrics
 from gateway.middleware import ProblemMiddleware, RequestContextMiddleware
+from gateway.origin import OriginMiddleware, allowed_origins
 from gateway.principal import ClaimMapping
 from gateway.problem import problem_response
 from gateway.provisioning import Provisioner
@@ -165,6 +166,8 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
         middleware=[
             Middleware(RequestContextMiddleware),
             Middleware(ProblemMiddleware),
+            Middleware(OriginMiddleware,  # /mcp only; before authentication: 403 first
+                       allowed=allowed_origins(resolved.public_url, resolved.allowed_origins)),
             Middleware(AuthenticationMiddleware),
             Middleware(UserRateLimitMiddleware),
         ],

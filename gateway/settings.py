@@ -14,6 +14,8 @@ class GatewaySettings(BaseSettings):
     )
 
     public_url: str = "http://127.0.0.1:8000"
+    # Browser origins allowed on /mcp besides PUBLIC_URL's own (a JSON list of scheme://host[:port]).
+    allowed_origins: list[str] = []
     database_url: str = Field(description="DSN of the gatehouse_app login role")
     redis_url: str
     mcp_server_url: str = "http://127.0.0.1:8001/mcp"
