@@ -54,6 +54,10 @@ _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 class SigninError(Exception):
     """The sign-in cannot complete; the message explains why to the person signing in."""
 
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason  # the refusing JWT rule's code, for ID token refusals
+
 
 @dataclass(frozen=True)
 class ProviderMetadata:
@@ -200,7 +204,7 @@ async def validate_id_token(
         raise SigninError("The identity provider's keys are unavailable; try again.") from None
     except JwtRejected as exc:
         phrase = _SIGNIN_PHRASES.get(exc.reason, "it is invalid.")
-        raise SigninError(f"{_REFUSED}: {phrase}") from None
+        raise SigninError(f"{_REFUSED}: {phrase}", reason=exc.reason) from None
     _check_audience_and_nonce(claims, client_id, nonce)
     return claims
 
