@@ -81,6 +81,13 @@ async def rejected(verifier: TokenVerifier, token: str) -> str:
     return info.value.detail
 
 
+async def refusal_reason(verifier: TokenVerifier, token: str) -> str:
+    """Which rule of :mod:`oauth.jwt_rules` refused ``token``."""
+    with pytest.raises(Unauthenticated) as info:
+        await verifier.verify(token)
+    return info.value.reason
+
+
 async def test_valid_token_is_accepted(verifier: TokenVerifier, signing_key: KeyPair) -> None:
     result = await verifier.verify(sign(signing_key, claims()))
     assert (result["sub"], result["org_id"]) == ("alice", "acme")
@@ -195,9 +202,11 @@ async def test_time_claims_within_skew_are_accepted(
     await verifier.verify(sign(signing_key, claims(**{field: int(time.time()) + offset})))
 
 
-@pytest.mark.parametrize("exp", [None, "2000000000", float(int(time.time()) + 300), "NaN"])
+@pytest.mark.parametrize(("exp", "reason"), [
+    (None, "missing_claim"), ("2000000000", "time_claim"),
+    (float(int(time.time()) + 300), "time_claim"), ("NaN", "time_claim"), (True, "time_claim")])
 async def test_malformed_exp_is_rejected(
-    verifier: TokenVerifier, signing_key: KeyPair, exp: object
+    verifier: TokenVerifier, signing_key: KeyPair, exp: object, reason: str
 ) -> None:
     payload = claims(exp=None)
     if exp == "NaN":
@@ -213,22 +222,24 @@ async def test_malformed_exp_is_rejected(
         if exp is not None:
             payload["exp"] = exp
         token = sign(signing_key, payload)
-    await rejected(verifier, token)
+    assert await refusal_reason(verifier, token) == reason
 
 
 @pytest.mark.parametrize(
-    "overrides",
-    [{"iss": "https://evil.example"}, {"iss": ISSUER + "/"}, {"iss": None},
-     {"aud": "https://other.example/mcp"}, {"aud": None}, {"aud": ""}, {"aud": []}],
+    ("overrides", "reason"),
+    [({"iss": "https://evil.example"}, "audience"), ({"iss": ISSUER + "/"}, "audience"),
+     ({"iss": None}, "missing_claim"), ({"aud": "https://other.example/mcp"}, "audience"),
+     ({"aud": None}, "missing_claim"), ({"aud": ""}, "missing_claim"),
+     ({"aud": []}, "missing_claim")],
 )
 async def test_wrong_issuer_or_audience_is_rejected(
-    verifier: TokenVerifier, signing_key: KeyPair, overrides: dict[str, Any]
+    verifier: TokenVerifier, signing_key: KeyPair, overrides: dict[str, Any], reason: str
 ) -> None:
     payload = claims(**{k: v for k, v in overrides.items() if v is not None})
     for key, value in overrides.items():
         if value is None:
             payload.pop(key)
-    await rejected(verifier, sign(signing_key, payload))
+    assert await refusal_reason(verifier, sign(signing_key, payload)) == reason
 
 
 async def test_unknown_crit_header_is_rejected(
