@@ -1,7 +1,7 @@
 """Errors of the ``sql`` package; one root, translated to HTTP only by the application roots.
 
     DatabaseError
-    ├── DatabaseUnavailable   the server cannot be reached or dropped the connection
+    ├── DatabaseUnavailable   the server cannot be reached, dropped the connection or shuts down
     ├── MigrationError        a migration failed or an applied one was edited
     ├── UnsafeRoleError       the login role could bypass row-level security
     └── InvalidTenant         an empty or malformed tenant key reached rls_transaction
@@ -13,7 +13,9 @@ class DatabaseError(Exception):
 
 
 class DatabaseUnavailable(DatabaseError):
-    """The database cannot be reached; callers should answer 503 and retry later."""
+    """The database cannot be reached or the connection broke; callers answer 503 and retry.
+
+    Raised from a commit, the outcome is unknown: the transaction may have committed."""
 
 
 class MigrationError(DatabaseError):
