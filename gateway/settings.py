@@ -44,6 +44,8 @@ class GatewaySettings(BaseSettings):
     session_max_active_per_user: int = Field(default=50, ge=1)
     session_max_active_per_org: int = Field(default=10_000, ge=1)
     session_activity_flush_seconds: float = Field(default=5, gt=0)
+    # A retried create with the same Idempotency-Key replays its first answer this long.
+    idempotency_key_ttl_seconds: int = Field(default=86_400, ge=86_400)
     audit_flush_seconds: float = Field(default=1, gt=0)
     audit_auth_failure_limit: str = "60/minute"
 

@@ -210,3 +210,22 @@ ORDER BY version DESC LIMIT 1;
 SELECT version, note, author, created_at, length(source) AS size FROM prompt_layers
 WHERE org_id = $1 AND kind = $2 AND owner_id = $3
 ORDER BY version DESC LIMIT $4;
+
+-- name: lock_idempotency_key
+-- Held until the transaction ends: a second request with the same key while the first runs
+-- finds it taken. The tuple is JSON-encoded so no two (org, user, key) share a lock.
+SELECT pg_try_advisory_xact_lock(
+    hashtextextended('gatehouse.idempotency:' || jsonb_build_array($1::text, $2::text, $3::text)::text, 0));
+
+-- name: get_idempotency_key
+-- Also purges the user's expired keys; the snapshot still shows them, hence the filter.
+WITH purged AS (
+    DELETE FROM idempotency_keys WHERE org_id = $1 AND user_id = $2 AND expires_at <= now()
+)
+SELECT fingerprint, status, location, body FROM idempotency_keys
+WHERE org_id = $1 AND user_id = $2 AND key = $3 AND expires_at > now();
+
+-- name: insert_idempotency_key
+INSERT INTO idempotency_keys (org_id, user_id, key, fingerprint, status, location, body,
+                              expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8));

@@ -2,6 +2,7 @@
 -- tables
 audit_log rls=true force=true
 gatehouse_migrations rls=false force=false
+idempotency_keys rls=true force=true
 memberships rls=true force=true
 organizations rls=true force=true
 prompt_layers rls=true force=true
@@ -10,6 +11,7 @@ sessions rls=true force=true
 users rls=true force=true
 -- columns
 audit_log.actor text not null default ''::text
+audit_log.chain_version smallint not null default 2
 audit_log.details jsonb not null default '{}'::jsonb
 audit_log.event text not null
 audit_log.hash bytea not null
@@ -24,6 +26,15 @@ gatehouse_migrations.applied_at timestamp with time zone not null default now()
 gatehouse_migrations.checksum text not null
 gatehouse_migrations.name text not null
 gatehouse_migrations.version integer not null
+idempotency_keys.body text not null
+idempotency_keys.created_at timestamp with time zone not null default now()
+idempotency_keys.expires_at timestamp with time zone not null
+idempotency_keys.fingerprint bytea not null
+idempotency_keys.key text not null
+idempotency_keys.location text
+idempotency_keys.org_id text not null
+idempotency_keys.status smallint not null
+idempotency_keys.user_id text not null
 memberships.created_at timestamp with time zone not null default now()
 memberships.org_id text not null
 memberships.role text not null
@@ -68,12 +79,22 @@ users.created_at timestamp with time zone not null default now()
 users.id text not null
 users.org_id text not null
 -- constraints
+audit_log audit_log_chain_version_check CHECK ((chain_version = ANY (ARRAY[1, 2])))
 audit_log audit_log_details_check CHECK ((jsonb_typeof(details) = 'object'::text))
 audit_log audit_log_event_check CHECK (((event <> ''::text) AND (length(event) <= 64)))
 audit_log audit_log_org_id_check CHECK ((org_id <> ''::text))
 audit_log audit_log_outcome_check CHECK ((outcome = ANY (ARRAY['success'::text, 'failure'::text, 'denied'::text, 'error'::text])))
 audit_log audit_log_pkey PRIMARY KEY (org_id, seq)
 gatehouse_migrations gatehouse_migrations_pkey PRIMARY KEY (version)
+idempotency_keys idempotency_keys_body_check CHECK ((length(body) <= 1048576))
+idempotency_keys idempotency_keys_check CHECK ((expires_at > created_at))
+idempotency_keys idempotency_keys_fingerprint_check CHECK ((length(fingerprint) = 32))
+idempotency_keys idempotency_keys_key_check CHECK (((key <> ''::text) AND (length(key) <= 255)))
+idempotency_keys idempotency_keys_location_check CHECK ((length(location) <= 2048))
+idempotency_keys idempotency_keys_org_id_check CHECK ((org_id <> ''::text))
+idempotency_keys idempotency_keys_pkey PRIMARY KEY (org_id, user_id, key)
+idempotency_keys idempotency_keys_status_check CHECK (((status >= 200) AND (status <= 299)))
+idempotency_keys idempotency_keys_user_id_check CHECK ((user_id <> ''::text))
 memberships memberships_org_id_check CHECK ((org_id <> ''::text))
 memberships memberships_org_id_user_id_fkey FOREIGN KEY (org_id, user_id) REFERENCES users(org_id, id) ON DELETE CASCADE
 memberships memberships_pkey PRIMARY KEY (org_id, user_id, role)
@@ -116,6 +137,7 @@ users users_org_id_fkey FOREIGN KEY (org_id) REFERENCES organizations(id) ON DEL
 users users_pkey PRIMARY KEY (org_id, id)
 -- indexes
 CREATE INDEX audit_log_org_time_idx ON public.audit_log USING btree (org_id, occurred_at DESC, seq DESC)
+CREATE INDEX idempotency_keys_expiry_idx ON public.idempotency_keys USING btree (org_id, user_id, expires_at)
 CREATE INDEX memberships_org_role_idx ON public.memberships USING btree (org_id, role)
 CREATE INDEX provider_connections_key_idx ON public.provider_connections USING btree (key_id)
 CREATE INDEX sessions_active_idx ON public.sessions USING btree (org_id, user_id) WHERE (status = 'active'::text)
@@ -123,6 +145,7 @@ CREATE INDEX sessions_org_created_idx ON public.sessions USING btree (org_id, cr
 CREATE INDEX sessions_org_user_created_idx ON public.sessions USING btree (org_id, user_id, created_at DESC, id DESC)
 CREATE UNIQUE INDEX audit_log_pkey ON public.audit_log USING btree (org_id, seq)
 CREATE UNIQUE INDEX gatehouse_migrations_pkey ON public.gatehouse_migrations USING btree (version)
+CREATE UNIQUE INDEX idempotency_keys_pkey ON public.idempotency_keys USING btree (org_id, user_id, key)
 CREATE UNIQUE INDEX memberships_pkey ON public.memberships USING btree (org_id, user_id, role)
 CREATE UNIQUE INDEX organizations_pkey ON public.organizations USING btree (id)
 CREATE UNIQUE INDEX prompt_layers_pkey ON public.prompt_layers USING btree (org_id, kind, owner_id, version)
@@ -131,6 +154,7 @@ CREATE UNIQUE INDEX sessions_pkey ON public.sessions USING btree (id)
 CREATE UNIQUE INDEX users_pkey ON public.users USING btree (org_id, id)
 -- policies
 audit_log audit_log_tenant ALL using (org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) check (org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif"))
+idempotency_keys idempotency_keys_owner ALL using ((org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) AND (user_id = ( SELECT NULLIF(current_setting('app.user_id'::text, true), ''::text) AS "nullif"))) check ((org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) AND (user_id = ( SELECT NULLIF(current_setting('app.user_id'::text, true), ''::text) AS "nullif")))
 memberships memberships_tenant ALL using (org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) check (org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif"))
 organizations organizations_tenant ALL using (id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) check (id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif"))
 prompt_layers prompt_layers_read SELECT using (((org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) OR (org_id = '_platform'::text)) AND ((kind <> 'user'::text) OR (owner_id = ( SELECT NULLIF(current_setting('app.user_id'::text, true), ''::text) AS "nullif")) OR (( SELECT current_setting('app.org_wide'::text, true) AS current_setting) = 'on'::text))) check -
@@ -140,6 +164,7 @@ sessions sessions_tenant ALL using ((org_id = ( SELECT NULLIF(current_setting('a
 users users_tenant ALL using (org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) check (org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif"))
 -- grants
 audit_log INSERT,SELECT
+idempotency_keys DELETE,INSERT,SELECT
 memberships DELETE,INSERT,SELECT
 organizations INSERT,SELECT
 prompt_layers INSERT,SELECT

@@ -26,6 +26,7 @@ from gateway.api.models import (
 from gateway.api.sessions import fetch_visible, parse_id
 from gateway.audit import AuditEntry, SystemTenant
 from gateway.errors import Forbidden, NotFound
+from gateway.idempotency import claim_key
 from gateway.permissions import require
 from gateway.prompting import (
     GLOBAL_ORG,
@@ -75,7 +76,11 @@ def _version(layer: str, row: Record) -> Response:
 async def _save(call: Call, layer: str, source: str, note: str) -> Response:
     _authorize_write(call, layer)
     org_id, owner_id = layer_owner(layer, call.principal)
-    async with rls_transaction(call.services.pool, _tenant_for(call, layer)) as conn:
+    tenant = _tenant_for(call, layer)
+    async with rls_transaction(call.services.pool, tenant) as conn:
+        claim = await claim_key(conn, call, tenant)
+        if claim.replay is not None:
+            return claim.replay
         above = [
             existing for existing in await saved_layers(conn, call.principal)
             if existing.kind < KINDS[layer]
@@ -93,7 +98,7 @@ async def _save(call: Call, layer: str, source: str, note: str) -> Response:
             target=f"prompt:{layer}", details={"version": row["version"]},
             request_id=call.request_id,
         ))
-    return _version(layer, row)
+        return await claim.remember(conn, _version(layer, row))
 
 
 async def save_prompt(call: Call) -> Response:

@@ -5,7 +5,7 @@ every session of their organisation, and nothing more: any other change to someo
 session is 403 (an admin must not widen a member's tools or rewrite its prompt). Row-level
 security enforces visibility: a foreign or unknown id finds no row and answers 404. Creation
 takes an organisation-wide advisory lock, so the caps on active sessions hold however many
-creates race.
+creates race, and honours ``Idempotency-Key`` (see :mod:`gateway.idempotency`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from gateway.api.endpoints import Call, Endpoint
 from gateway.api.models import Session, SessionCreate, SessionPage, SessionQuery, SessionUpdate
 from gateway.audit import AuditEntry
 from gateway.errors import BadRequest, Conflict, Forbidden, InvalidInput, NotFound
+from gateway.idempotency import claim_key
 from gateway.permissions import granted
 from gateway.principal import Principal
 from gateway.prompting import invalid_prompt
@@ -34,7 +35,6 @@ from prompts import LayerKind, PromptError
 from sql import QUERIES, rls_transaction
 
 ADMIN_PERMISSION = "sessions:admin"
-
 
 
 def parse_id(raw: str) -> uuid.UUID:
@@ -108,6 +108,9 @@ async def create_session(call: Call) -> Response:
     ttl = _ttl(call, body.ttl_seconds)
     _check_prompt(call, body.prompt)
     async with rls_transaction(call.services.pool, principal, org_wide=True) as conn:
+        claim = await claim_key(conn, call, principal)
+        if claim.replay is not None:
+            return claim.replay
         await conn.execute(QUERIES["lock_session_quota"], principal.org_id)
         counts = await conn.fetchrow(
             QUERIES["count_active_sessions"], principal.org_id, principal.user_id
@@ -126,7 +129,8 @@ async def create_session(call: Call) -> Response:
         )
         assert row is not None
         await call.services.audit.record(conn, _audit(call, "session.create", row["id"]))
-    return _json(to_model(row), 201, {"Location": f"/v1/sessions/{row['id']}"})
+        created = _json(to_model(row), 201, {"Location": f"/v1/sessions/{row['id']}"})
+        return await claim.remember(conn, created)
 
 
 def _encode_cursor(row: Record) -> str:
