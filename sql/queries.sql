@@ -92,16 +92,19 @@ ORDER BY seq DESC
 LIMIT $2;
 
 -- name: verify_audit_chain
--- Every row whose stored links disagree with a recomputation, first break first per org.
+-- Every row whose stored links disagree with a recomputation (by the row's chain version; a
+-- chain never goes back to an older version), first break first per org.
 SELECT org_id, seq FROM (
-    SELECT a.org_id, a.seq, a.prev_hash, a.hash,
+    SELECT a.org_id, a.seq, a.prev_hash, a.hash, a.chain_version,
            lag(a.hash, 1, '\x'::bytea) OVER w AS expected_prev,
            lag(a.seq, 1, 0::bigint) OVER w AS previous_seq,
-           audit_row_hash(a.prev_hash, a) AS recomputed
+           lag(a.chain_version, 1, 1::smallint) OVER w AS previous_version,
+           audit_row_hash_versioned(a.prev_hash, a) AS recomputed
     FROM audit_log a
     WINDOW w AS (PARTITION BY a.org_id ORDER BY a.seq)
 ) chain
-WHERE prev_hash <> expected_prev OR hash <> recomputed OR seq <> previous_seq + 1
+WHERE prev_hash <> expected_prev OR hash IS DISTINCT FROM recomputed
+   OR seq <> previous_seq + 1 OR chain_version < previous_version
 ORDER BY org_id, seq;
 
 -- name: list_members
