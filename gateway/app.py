@@ -71,6 +71,7 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
             cooldown=settings.jwks_refresh_cooldown_seconds,
             fetch_timeout=settings.jwks_fetch_timeout_seconds,
         )
+        metrics = Metrics()
         yield Services(
             settings=settings,
             pool=pool,
@@ -106,12 +107,8 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
                 load_private_key(settings.internal_key_file.read_bytes()),
                 lifetime=settings.assertion_lifetime_seconds,
             ),
-            metrics=Metrics(),
-            audit=AuditTrail(
-                pool,
-                RateLimiter(redis, settings.audit_auth_failure_limit,
-                            namespace="gatehouse-audit"),
-            ),
+            metrics=metrics,
+            audit=AuditTrail.from_settings(pool, redis, settings, metrics),
             activity=SessionActivity(pool),
             composer=PromptComposer(),
             signin=SigninClient(settings, http, jwks) if settings.signin_client_id else None,

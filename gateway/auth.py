@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 
+import jwt
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.audit import FailureSource
 from gateway.errors import Unauthenticated
 from gateway.principal import Principal
 from gateway.problem import error_response
@@ -20,6 +22,7 @@ from gateway.services import Services, services_of
 log = logging.getLogger(__name__)
 
 PROTECTED_PREFIXES = ("/mcp", "/v1")
+MAX_KID_SOURCE_TOKEN = 16384  # longer tokens are not even parsed for their key id
 
 
 def is_protected(path: str) -> bool:
@@ -59,7 +62,7 @@ class AuthenticationMiddleware:
             scope["state"]["principal"] = await self._authenticate(services, scope)
         except Unauthenticated as exc:
             services.metrics.auth_failures.labels(exc.code).inc()
-            await _audit_failure(services, exc.code, scope["state"].get("request_id", ""))
+            await _audit_failure(services, exc.code, scope)
             token_given = exc.code != "missing_token"
             exc.headers["WWW-Authenticate"] = challenge(services, exc if token_given else None)
             response = error_response(exc, request_id=scope["state"].get("request_id"))
@@ -75,11 +78,25 @@ class AuthenticationMiddleware:
         return await services.provisioner.ensure(services.claims.principal(claims))
 
 
-async def _audit_failure(services: Services, code: str, request_id: str) -> None:
+async def _audit_failure(services: Services, code: str, scope: Scope) -> None:
     try:
-        await services.audit.auth_failure(code, request_id)
+        await services.audit.auth_failure(
+            code, scope["state"].get("request_id", ""), _failure_source(scope))
     except Exception:  # the 401 matters more than its audit row
         log.warning("could not audit an authentication failure", exc_info=True)
+
+
+def _failure_source(scope: Scope) -> FailureSource:
+    """Who failed, so one flooding source cannot use up everyone's failure audit budget."""
+    client = scope.get("client")
+    token = _bearer(scope) or ""
+    kid: object = ""
+    if 0 < len(token) <= MAX_KID_SOURCE_TOKEN:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid", "")
+        except (jwt.PyJWTError, AttributeError):
+            kid = ""
+    return FailureSource(str(client[0]) if client else "", kid if isinstance(kid, str) else "")
 
 
 def principal_of(scope: Scope) -> Principal:

@@ -48,6 +48,18 @@ class Metrics:
             "gatehouse_rate_limited", "Requests refused by a rate limit", ["limit"],
             registry=self.registry,
         )
+        self.audit_dropped = Counter(
+            "gatehouse_audit_dropped", "Audit entries lost: queue full, or unwritable even "
+            "when quarantined", registry=self.registry,
+        )
+        self.audit_quarantined = Counter(
+            "gatehouse_audit_quarantined", "Audit entries the database refused, written with "
+            "their safe fields only", registry=self.registry,
+        )
+        self.audit_auth_failures_suppressed = Counter(
+            "gatehouse_audit_auth_failures_suppressed", "Authentication failures counted in a "
+            "summary row instead of a row each", registry=self.registry,
+        )
 
     def mcp_method(self, method: str) -> None:
         self.mcp_requests.labels(method if method in MCP_METHODS else "other").inc()

@@ -47,7 +47,9 @@ class GatewaySettings(BaseSettings):
     # A retried create with the same Idempotency-Key replays its first answer this long.
     idempotency_key_ttl_seconds: int = Field(default=86_400, ge=86_400)
     audit_flush_seconds: float = Field(default=1, gt=0)
-    audit_auth_failure_limit: str = "60/minute"
+    audit_auth_failure_limit: str = Field(default="60/minute", description="per source")
+    audit_auth_failure_ceiling: str = Field(default="6000/minute", description="all sources")
+    audit_queue_max: int = Field(default=100_000, ge=100)
 
     user_rate_limit: str = "600/minute"
     rate_limit_fail_open: bool = True
