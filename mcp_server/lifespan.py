@@ -11,6 +11,7 @@ Without database, Redis or token keys the runtime has no vault: provider tools t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,8 +31,10 @@ from oauth.refresh import Refresher
 from oauth.store import TokenStore
 from oauth.token_endpoint import TokenEndpoint
 from resilience import CircuitBreaker, FailurePolicy, RateLimiter, create_redis
+from resilience.health import health_of
 from sql import create_pool, verify_app_role
 
+log = logging.getLogger(__name__)
 RUNTIME_KEY = "providers"
 REFRESH_MARGIN = 60.0  # seconds before expiry that a token is refreshed
 
@@ -76,12 +79,17 @@ def _limits(settings: McpServerSettings, redis: Redis) -> ToolLimits:
         return RateLimiter(redis, limit, namespace=f"{ns}:tools:{name}", policy=policy)
 
     per_tool = {t: limiter(limit, "user-tool") for t, limit in settings.tool_rate_limits.items()}
-    return ToolLimits(
+    limits = ToolLimits(
         provider=limiter(settings.provider_rate_limit, "provider"),
         org_provider=limiter(settings.org_provider_rate_limit, "org-provider"),
         user_tool=limiter(settings.user_tool_rate_limit, "user-tool"),
         per_tool=per_tool,
     )
+    share, whole = limits.org_provider, limits.provider
+    if share.limit / share.window_seconds >= whole.limit / whole.window_seconds:
+        log.warning("ORG_PROVIDER_RATE_LIMIT is not below PROVIDER_RATE_LIMIT: one organisation "
+                    "can use a provider's whole budget")
+    return limits
 
 
 async def _vault(
@@ -96,6 +104,7 @@ async def _vault(
     await verify_app_role(pool)
     redis = create_redis(settings.redis_url)
     stack.push_async_callback(redis.aclose)
+    stack.push_async_callback(health_of(redis).aclose)  # a probe in flight ends first
     store = TokenStore(pool, keyring)
     grants = {
         name: TokenEndpoint(http, p.spec.token_endpoint, p.client).refresh

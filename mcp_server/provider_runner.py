@@ -1,8 +1,9 @@
 """Running one provider tool call: limits, the user's token, the call, and clear MCP errors.
 
 Order: the per-(user, tool), per-(organisation, provider) and per-provider limits and the
-provider's circuit breaker decide in one Redis script run (:func:`resilience.admit`: one round
-trip, all or nothing, so a call refused by one limit counts against none), then the user's token
+organisation's circuit breaker for the provider decide in one Redis script run
+(:func:`resilience.admit`: one round trip, all or nothing, so a call refused by one limit counts
+against none), then the user's token
 is loaded (and if due, refreshed), then the call is made under the breaker's admission. A call
 admitted but not made (the user is not connected, say) gives its half-open trial slot back.
 
@@ -56,7 +57,7 @@ from oauth.provider_client import (
     ProviderUnauthorized,
     ProviderUnavailable,
 )
-from resilience import BreakerTicket, CircuitOpen, LimiterUnavailable, admit
+from resilience import BreakerTicket, CircuitBreaker, CircuitOpen, LimiterUnavailable, admit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -137,7 +138,9 @@ async def _run(
     tool: str, provider: str, scopes: tuple[str, ...], call: ProviderCall[T],
 ) -> T:
     name = api.spec.display_name
-    view = api.admitted(await _admit(vault.limits, api, caller, tool, provider))
+    breaker = api.breaker.scoped(caller.org_id)  # one tenant's failures open only its own
+    ticket = await _admit(vault.limits, api, breaker, caller, tool, provider)
+    view = api.admitted(ticket, breaker)
     try:
         token = await _token(runtime, vault, caller, provider, name)
         return await call(view, token)
@@ -164,14 +167,16 @@ async def _run(
         await view.release_unused()
 
 
-async def _admit(limits: ToolLimits, api: ProviderApi, caller: CallerIdentity, tool: str,
-                 provider: str) -> BreakerTicket | None:
-    """The three limits and the provider's breaker, in one Redis round trip."""
+async def _admit(limits: ToolLimits, api: ProviderApi, breaker: CircuitBreaker,
+                 caller: CallerIdentity, tool: str, provider: str) -> BreakerTicket | None:
+    """The three limits and the organisation's breaker for the provider, in one Redis round
+    trip. The organisation's share is checked with the provider-wide limit in the same run, so
+    an organisation past its share is refused without spending the shared budget."""
     buckets = [limits.for_tool(tool).bucket(caller.org_id, caller.user_id, tool),
                limits.org_provider.bucket(caller.org_id, provider),
                limits.provider.bucket(provider)]
     try:
-        admission = await admit(buckets, api.breaker)
+        admission = await admit(buckets, breaker)
     except LimiterUnavailable:
         raise ToolError("rate limits cannot be checked right now; retry shortly") from None
     name = api.spec.display_name

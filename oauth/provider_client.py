@@ -111,11 +111,15 @@ class ProviderApi:
     def breaker(self) -> CircuitBreaker:
         return self._breaker
 
-    def admitted(self, ticket: BreakerTicket | None) -> ProviderApi:
+    def admitted(self, ticket: BreakerTicket | None,
+                 breaker: CircuitBreaker | None = None) -> ProviderApi:
         """This API for one tool call whose first request the breaker already admitted (in
-        the same Redis round trip as the rate limits); later requests are admitted as usual."""
+        the same Redis round trip as the rate limits); later requests are admitted as usual.
+        ``breaker``: the one that admitted it, if not this API's (e.g. the caller's
+        organisation's, :meth:`CircuitBreaker.scoped`)."""
         view = copy.copy(self)
         view._ticket = ticket
+        view._breaker = breaker or self._breaker
         return view
 
     async def release_unused(self) -> None:

@@ -16,6 +16,9 @@ slots are all taken but which has not concluded within ``reset_timeout`` (its tr
 their process died) is abandoned and a new round starts. A caller admitted but not making its
 call after all gives the slot back (:meth:`CircuitBreaker.release`).
 
+A breaker can be split by a part of its traffic (:meth:`CircuitBreaker.scoped`, e.g. one per
+organisation and provider), so that one tenant's failing calls open its own breaker only.
+
 The transition is also a Lua *function* (:data:`TRANSITION_FUNCTION_LUA`), so that
 :func:`resilience.admit` can take a breaker's admission and several rate limits in one atomic
 script run — one Redis round trip on a provider call's hot path instead of two.
@@ -39,6 +42,7 @@ import asyncio
 import enum
 import math
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -55,6 +59,7 @@ T = TypeVar("T")
 
 # Seconds.
 REDIS_DEADLINE = 1.0
+MAX_SCOPED = 4096  # scoped breakers kept per breaker in one process
 MIN_KEY_TTL = 86_400
 
 # One transition on one breaker's hash, as a Lua function so that other scripts (the rate
@@ -235,6 +240,8 @@ class CircuitBreaker:
         self._script = redis.register_script(TRANSITION_LUA)
         self._local = _LocalBreaker(self._rules)
         self._health = health_of(redis)
+        self._redis, self._namespace = redis, namespace
+        self._scoped: OrderedDict[tuple[str, ...], CircuitBreaker] = OrderedDict()
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Await ``fn()`` if the breaker admits it; otherwise raise :class:`CircuitOpen`."""
@@ -262,6 +269,24 @@ class CircuitBreaker:
             raise
         if ticket.state is not BreakerState.CLOSED:  # a closed breaker ignores successes
             await self._record(ticket, "success")
+
+    def scoped(self, *identifiers: str) -> CircuitBreaker:
+        """The breaker of one part of this breaker's traffic, e.g. one organisation's calls to
+        a provider: the same rules, its own (shared across replicas) state, so that failures
+        caused by one part open only that part's breaker. This process keeps the
+        :data:`MAX_SCOPED` most recently used; a dropped one keeps its state in Redis."""
+        child = self._scoped.pop(identifiers, None)
+        if child is None:
+            r = self._rules
+            child = CircuitBreaker(
+                self._redis, key_of("scoped", self.name, *identifiers),
+                failure_threshold=r.failure_threshold, window_seconds=r.window_seconds,
+                reset_timeout=r.reset_timeout, half_open_max_calls=r.half_open_max_calls,
+                is_failure=self._is_failure, clock=self._clock, namespace=self._namespace)
+        self._scoped[identifiers] = child
+        if len(self._scoped) > MAX_SCOPED:
+            self._scoped.popitem(last=False)
+        return child
 
     async def release(self, ticket: BreakerTicket) -> None:
         """Give back an admission whose call will not be made (a half-open trial slot)."""

@@ -301,6 +301,23 @@ async def test_calls_are_never_serialised(make: Make) -> None:
     assert await asyncio.gather(*tasks) == [20] * 20
 
 
+async def test_scoped_breakers_keep_the_rules_and_their_own_state(make: Make) -> None:
+    """One organisation's failures open its own breaker for a provider, not its neighbours'
+    (SECURITY 65); business errors still do not count."""
+    provider, calls = make(), Calls()
+    noisy, quiet = provider.scoped("corp:eng"), provider.scoped("corp", "eng")
+    for _ in range(5):
+        with pytest.raises(BusinessError):
+            await quiet.call(calls.business_error)
+    await fail_times(noisy, calls, 3)  # the parent's threshold
+    assert await noisy.state() is BreakerState.OPEN
+    assert await provider.scoped("corp:eng").state() is BreakerState.OPEN  # same breaker
+    with pytest.raises(CircuitOpen):
+        await noisy.call(calls.ok)
+    assert await quiet.call(calls.ok) == "ok"
+    assert await provider.state() is BreakerState.CLOSED
+
+
 # Redis only: key encoding, shared state across processes -----------------------------------------
 
 async def test_names_with_separators_never_share_a_breaker(
