@@ -44,13 +44,10 @@ def _browser_secret(request: Request, public_url: str) -> str | None:
     return secret if 40 <= len(secret) <= 100 else None
 
 
-def _set_cookie(response: Response, settings: GatewaySettings, secret: str | None) -> None:
-    name, secure = cookie_name(settings.public_url), not is_development(settings.public_url)
-    if secret is None:
-        response.delete_cookie(name, path="/", secure=secure, httponly=True, samesite="lax")
-    else:
-        response.set_cookie(name, secret, max_age=CONFIRM_SECONDS, path="/", secure=secure,
-                            httponly=True, samesite="lax")
+def _set_cookie(response: Response, settings: GatewaySettings, secret: str) -> None:
+    response.set_cookie(cookie_name(settings.public_url), secret, max_age=CONFIRM_SECONDS,
+                        path="/", secure=not is_development(settings.public_url),
+                        httponly=True, samesite="lax")
 
 
 def interstitial(request: Request, settings: GatewaySettings, ticket: str,
@@ -88,8 +85,7 @@ async def confirm(request: Request) -> Response:
     await sessions.save(session)
     response = redirect("/connect")
     sessions.set_cookie(response, session)
-    _set_cookie(response, settings, None)
-    return response
+    return response  # the confirmation cookie stays: another tab's page still gets a clear answer
 
 
 ROUTES = [Route("/connect/confirm", confirm, methods=["POST"])]
