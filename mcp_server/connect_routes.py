@@ -26,7 +26,8 @@ from starlette.responses import JSONResponse, Response
 
 from mcp_server.lifespan import RuntimeHolder
 from oauth.assertion import CallerIdentity
-from oauth.connect import CallbackParams, ConnectFlow, ConnectRejected, Denied
+from oauth.connect import CallbackParams, ConnectFlow, Denied
+from oauth.errors import ConnectRejected
 
 Handler = Callable[[ConnectFlow, CallerIdentity, Request], Awaitable[Response]]
 Route = Callable[[Request], Awaitable[Response]]

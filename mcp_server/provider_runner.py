@@ -49,14 +49,17 @@ from mcp_server.auth import current_caller
 from mcp_server.lifespan import REFRESH_MARGIN, RUNTIME_KEY, ProviderRuntime, ToolLimits, Vault
 from oauth.assertion import CallerIdentity
 from oauth.connect_links import issue_connect_link
-from oauth.errors import NeedsReconnect, NotConnected, RefreshFailed, VaultError
-from oauth.provider_client import (
+from oauth.errors import (
     MissingScope,
-    ProviderApi,
+    NeedsReconnect,
+    NotConnected,
     ProviderRejected,
     ProviderUnauthorized,
     ProviderUnavailable,
+    RefreshFailed,
+    VaultError,
 )
+from oauth.provider_client import ProviderApi
 from resilience import BreakerTicket, CircuitBreaker, CircuitOpen, LimiterUnavailable, admit
 
 log = logging.getLogger(__name__)

@@ -33,13 +33,13 @@ import aiohttp
 
 from mcp_server.settings import ProviderConfig
 from oauth.catalogue import (
-    CatalogueError,
     ConfiguredProvider,
     ProviderSpec,
     configure,
     discover,
     with_overrides,
 )
+from oauth.errors import CatalogueError
 
 log = logging.getLogger(__name__)
 _PROVIDER_NAME = re.compile(r"^[a-z0-9_-]{1,40}$")  # becomes part of tool names

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from oauth.errors import OAuthError
+from oauth.errors import CatalogueError
 from oauth.token_endpoint import AuthMethod, ClientCredentials
 
 MAX_DISCOVERY_BYTES = 65_536
@@ -52,10 +52,6 @@ _ENDPOINTS = (
     "api_base_url",
 )  # fmt: skip
 _AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
-
-
-class CatalogueError(OAuthError):
-    """A catalogue entry, override or discovery document is unusable (no secret in the text)."""
 
 
 @dataclass(frozen=True)

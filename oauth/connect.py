@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 
 from oauth.catalogue import ConfiguredProvider
 from oauth.disconnect import Disconnected, disconnect
-from oauth.errors import OAuthError
+from oauth.errors import ConnectRejected, OAuthError
 from oauth.revocation import revoker
 from oauth.store import ConnectionInfo, TokenStore
 from oauth.token_endpoint import TokenEndpoint, TokenResponse
@@ -38,14 +38,6 @@ from sql import Tenant
 STATE_PREFIX = "gatehouse:connect:state:"
 _MAX_ACCOUNT = 320
 _MAX_USERINFO_BYTES = 65_536
-
-
-class ConnectRejected(OAuthError):
-    """A callback was refused; ``code`` is stable, the message is safe to show to the user."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)

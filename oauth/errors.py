@@ -10,8 +10,16 @@
     ├── NotConnected          the user has no connection to the provider
     ├── NeedsReconnect        the provider refused the refresh token; the user must reconnect
     ├── TokenEndpointError    the provider's token endpoint answered an OAuth error
-    └── RefreshFailed         a refresh could not be completed now (provider or lock store down)
-        └── RefreshTimedOut   another replica's refresh did not finish within the wait budget
+    ├── RefreshFailed         a refresh could not be completed now (provider or lock store down)
+    │   └── RefreshTimedOut   another replica's refresh did not finish within the wait budget
+    ├── CatalogueError        a catalogue entry, override or discovery document is unusable
+    ├── ConnectRejected       a connect callback was refused (``code`` says why)
+    └── ProviderCallError     a provider API call did not succeed
+        ├── ProviderUnauthorized  the provider no longer accepts the access token
+        ├── MissingScope          the token lacks a scope the call needs
+        ├── ProviderUnavailable   5xx, timeout or unreachable: retry later; trips the breaker
+        │   └── ProviderRateLimited  the quota is spent: retry later; never trips the breaker
+        └── ProviderRejected      any other refusal (a business error, e.g. 404 or 422)
 
 No message ever contains a token, a key or a decrypted payload.
 """
@@ -91,3 +99,56 @@ class RefreshFailed(OAuthError):
 
 class RefreshTimedOut(RefreshFailed):
     """Waiting for another caller's refresh exceeded the wait budget."""
+
+
+class CatalogueError(OAuthError):
+    """A catalogue entry, override or discovery document is unusable (no secret in the text)."""
+
+
+class ConnectRejected(OAuthError):
+    """A callback was refused; ``code`` is stable, the message is safe to show to the user."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ProviderCallError(OAuthError):
+    """A provider API call did not succeed; messages carry no token and no provider body."""
+
+
+class ProviderUnauthorized(ProviderCallError):
+    """The provider no longer accepts the access token: the user must reconnect."""
+
+
+class MissingScope(ProviderCallError):
+    """The token lacks a scope the call needs; ``scopes`` may be empty when unnamed."""
+
+    def __init__(self, provider: str, scopes: tuple[str, ...]) -> None:
+        named = ", ".join(scopes) if scopes else "a required scope"
+        super().__init__(f"{provider}: the connection lacks {named}")
+        self.scopes = scopes
+
+
+class ProviderUnavailable(ProviderCallError):
+    """Failing, slow or unreachable: worth retrying later. These trip the breaker, except the
+    :class:`ProviderRateLimited` subclass."""
+
+    def __init__(self, provider: str, reason: str) -> None:
+        super().__init__(f"{provider} is unavailable ({reason})")
+        self.reason = reason
+
+
+class ProviderRateLimited(ProviderUnavailable):
+    """The provider's quota for this token (or app) is spent; retry after a while. A quota is
+    per user or per app, so it never opens the breaker every organisation shares."""
+
+
+class ProviderRejected(ProviderCallError):
+    """The provider refused this request (a business error, e.g. 404 or 422)."""
+
+    def __init__(self, provider: str, status: int, code: str | None = None) -> None:
+        detail = f" ({code})" if code else ""
+        super().__init__(f"{provider} refused the request: HTTP {status}{detail}")
+        self.status = status
+        self.code = code

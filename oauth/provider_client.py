@@ -3,7 +3,8 @@
 One :class:`ProviderApi` per provider shares the process's ``aiohttp`` session and the
 provider's :class:`~resilience.CircuitBreaker`. Every call has a total timeout and a response
 size cap, follows at most a few redirects and only to the same origin (the bearer token must
-never travel to another host), and turns the provider's answer into one of:
+never travel to another host), and turns the provider's answer into one of (the errors live in
+:mod:`oauth.errors`):
 
 * a parsed JSON document (success);
 * :class:`ProviderUnauthorized` — the token is no longer accepted (401; Slack ``invalid_auth``);
@@ -33,7 +34,13 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from oauth.catalogue import ProviderSpec
-from oauth.errors import OAuthError
+from oauth.errors import (
+    MissingScope,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderUnauthorized,
+    ProviderUnavailable,
+)
 from resilience import BreakerTicket, CircuitBreaker
 
 MAX_RESPONSE_BYTES = 1_048_576
@@ -45,45 +52,6 @@ SLACK_AUTH_ERRORS = frozenset(
 _CODE = re.compile(r"^[a-z_]{1,64}$")
 _SCOPE = re.compile(r"^[A-Za-z0-9:._/-]{1,100}$")
 _SCOPE_ATTR = re.compile(r'scope="([^"]*)"')
-
-
-class ProviderCallError(OAuthError):
-    """A provider API call did not succeed; messages carry no token and no provider body."""
-
-
-class ProviderUnauthorized(ProviderCallError):
-    """The provider no longer accepts the access token: the user must reconnect."""
-
-
-class MissingScope(ProviderCallError):
-    """The token lacks a scope the call needs; ``scopes`` may be empty when unnamed."""
-
-    def __init__(self, provider: str, scopes: tuple[str, ...]) -> None:
-        named = ", ".join(scopes) if scopes else "a required scope"
-        super().__init__(f"{provider}: the connection lacks {named}")
-        self.scopes = scopes
-
-
-class ProviderUnavailable(ProviderCallError):
-    """Rate-limited, failing, slow or unreachable: worth retrying later; trips the breaker."""
-
-    def __init__(self, provider: str, reason: str) -> None:
-        super().__init__(f"{provider} is unavailable ({reason})")
-        self.reason = reason
-
-
-class ProviderRateLimited(ProviderUnavailable):
-    """The provider's quota for this token (or app) is spent; retry after a while."""
-
-
-class ProviderRejected(ProviderCallError):
-    """The provider refused this request (a business error, e.g. 404 or 422)."""
-
-    def __init__(self, provider: str, status: int, code: str | None = None) -> None:
-        detail = f" ({code})" if code else ""
-        super().__init__(f"{provider} refused the request: HTTP {status}{detail}")
-        self.status = status
-        self.code = code
 
 
 def is_breaker_failure(exc: Exception) -> bool:

@@ -16,13 +16,13 @@ from aiohttp import web
 from mcp_server.providers import configure_providers
 from mcp_server.settings import McpServerSettings, ProviderConfig
 from oauth.catalogue import (
-    CatalogueError,
     check_url,
     discover,
     load_catalogue,
     spec_from_mapping,
     with_overrides,
 )
+from oauth.errors import CatalogueError
 from tests.support.oidc_provider import OidcProvider
 
 CATALOGUE = load_catalogue()

@@ -14,14 +14,8 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from oauth.catalogue import load_catalogue
-from oauth.provider_client import (
-    MissingScope,
-    ProviderApi,
-    ProviderRejected,
-    ProviderUnauthorized,
-    ProviderUnavailable,
-    is_breaker_failure,
-)
+from oauth.errors import MissingScope, ProviderRejected, ProviderUnauthorized, ProviderUnavailable
+from oauth.provider_client import ProviderApi, is_breaker_failure
 from resilience import BreakerState, CircuitBreaker, CircuitOpen
 
 ANSWERS: dict[str, Any] = {
