@@ -17,8 +17,10 @@ Refused constructs and why:
 * attributes starting with ``_`` and the ``format``/``format_map``/``mro`` attributes;
 * any filter outside :func:`prompts.filters.allowed_filters`.
 
-The rewrite wraps every ``for`` iterable in a step-counting iterator and replaces ``~`` (which
-the sandbox cannot intercept) by a size-checked join.
+The rewrite wraps every ``for`` iterable in a step-counting iterator, replaces ``~`` (which
+the sandbox cannot intercept) by a size-checked join, and passes every list, tuple and dict
+literal and every slice through a size check (``[s, s, s, ...]`` of a large ``s`` is refused
+when built, before any filter or comparison walks it).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 from jinja2 import Environment, nodes
 from jinja2.visitor import NodeTransformer
 
-from prompts.filters import CONCAT_FILTER, ITER_FILTER, REFUSED_FILTERS
+from prompts.filters import CONCAT_FILTER, ITER_FILTER, REFUSED_FILTERS, VALUE_FILTER
 
 _REFUSED_NODES: dict[type[nodes.Node], tuple[str, str]] = {
     nodes.Include: ("'include' is not allowed: templates cannot load other files", "include"),
@@ -101,6 +103,27 @@ class _Guards(NodeTransformer):
         self.generic_visit(node)
         parts = nodes.Tuple(node.nodes, "load", lineno=node.lineno, environment=self.environment)
         return self._filter(parts, CONCAT_FILTER, node.lineno)
+
+    def visit_Getitem(self, node: nodes.Getitem) -> nodes.Node:
+        # Jinja2 compiles slices to plain Python slicing, past the sandbox's getitem.
+        if not isinstance(node.arg, nodes.Slice):
+            return self.generic_visit(node)
+        return self._built(node)
+
+    def visit_List(self, node: nodes.List) -> nodes.Node:
+        return self._built(node)
+
+    def visit_Dict(self, node: nodes.Dict) -> nodes.Node:
+        return self._built(node)
+
+    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Node:
+        if node.ctx != "load":  # a loop or assignment target, not a value
+            return node
+        return self._built(node)
+
+    def _built(self, node: nodes.Expr) -> nodes.Node:
+        self.generic_visit(node)
+        return self._filter(node, VALUE_FILTER, node.lineno)
 
     def _filter(self, target: nodes.Expr, name: str, lineno: int) -> nodes.Filter:
         return nodes.Filter(

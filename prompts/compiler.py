@@ -80,6 +80,10 @@ def _compile_section(
         needle = (_QUOTED.findall(exc.message or "") or [""])[-1]
         message = exc.message or "syntax error"
         raise _located(TemplateInvalid, message, exc.lineno, needle, section) from None
+    except (RecursionError, SyntaxError, MemoryError):
+        # Python's own parser and compiler limits on the generated code (nesting depth).
+        message = "the template is nested too deeply"
+        raise _located(TemplateInvalid, message, 1, "", section) from None
     template = environment.template_class.from_code(
         environment, code, environment.make_globals(None)
     )

@@ -5,7 +5,8 @@ An allow-list rather than Jinja2's full set: filters that mark text safe or HTML
 ``attr`` and ``format`` reach attributes and format specs; ``center``, ``indent``,
 ``wordwrap``, ``sum``, ``batch`` and friends can build outputs far larger than their inputs
 from one short expression. ``join`` and ``replace`` are replaced by versions that check the
-size of their result before building it.
+size of their result before building it. The sandbox wraps every one of them (and every test)
+with :func:`prompts.metered.metered`, so each also spends the render budget.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from prompts.limits import RenderLimits, bounded_str, check_text_size, tick
 # Names the rewrite uses; a template cannot spell them (they are not identifiers).
 CONCAT_FILTER = "gatehouse.concat"
 ITER_FILTER = "gatehouse.iter"
+VALUE_FILTER = "gatehouse.value"
 
 _KEPT_FROM_JINJA = [
     "abs",
@@ -114,6 +116,11 @@ def guarded_iter(value: Iterable[Any]) -> Iterator[Any]:
         yield item
 
 
+def built_value(value: Any) -> Any:
+    """Wraps every list, tuple and dict literal: the metered wrapper measures what it returns."""
+    return value
+
+
 def allowed_filters() -> dict[str, Callable[..., Any]]:
     filters: dict[str, Callable[..., Any]] = {
         name: JINJA_FILTERS[name] for name in _KEPT_FROM_JINJA
@@ -124,6 +131,7 @@ def allowed_filters() -> dict[str, Callable[..., Any]]:
         "string": guarded_string,
         CONCAT_FILTER: guarded_concat,
         ITER_FILTER: guarded_iter,
+        VALUE_FILTER: built_value,
     }
     filters.update(guarded)
     return filters

@@ -10,9 +10,16 @@ tightenings, each because the stock sandbox stops attribute escapes but not the 
 * callables reachable through attributes are an allow-list per type (``str.lower`` yes,
   ``str.center``/``str.format``/``str.zfill`` no), which also closes ``format``/``format_map``
   that the stock sandbox re-wraps instead of refusing;
-* every attribute access, item access, call and operator spends a step of the render budget;
+* every attribute access, item access, call and operator spends a step of the render budget,
+  and every filter and test is metered (:mod:`prompts.metered`): a step per call and per item
+  a lazy filter yields, its results measured and spent from the work budget;
+* the results of operators, calls and slices are measured the same way (``[s] * 10000`` is
+  refused before it is built when 10,000 copies of ``s`` exceed the size cap);
 * the only global is a ``range`` capped at ``max_items`` (no ``namespace``, ``cycler``,
   ``joiner``, ``lipsum``, ``dict``);
+* Jinja2's compile-time optimiser is off: it is quadratic in the depth of a filter chain times
+  the size of its input expression (an 11 KB source took seconds to compile) and it would run
+  filters at compile time, outside any budget;
 * ``finalize`` turns every printed value into text: numbers and dates as they are, any other
   value as cleaned, fenced data (see :mod:`prompts.sanitize`).
 """
@@ -22,24 +29,27 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import StrictUndefined, pass_context
 from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from prompts.errors import UnsafeTemplate
-from prompts.filters import allowed_filters
+from prompts.filters import ITER_FILTER, allowed_filters
 from prompts.limits import (
     RenderLimits,
     bounded_str,
+    built,
     check_int_bits,
     check_items,
     check_text_size,
     current_budget,
+    size_of,
     tick,
     too_big,
 )
+from prompts.metered import metered_all
 from prompts.sanitize import clean, fence
 
 _SAFE_METHODS: tuple[tuple[type, frozenset[str]], ...] = (
@@ -96,12 +106,20 @@ class PromptEnvironment(ImmutableSandboxedEnvironment):
             loader=None,
             auto_reload=False,
             cache_size=0,
+            optimized=False,
         )
         self.limits = limits
         self.globals.clear()
         self.globals["range"] = self.capped_range
+        # The loop guard already spends a step per item; metering it would spend two.
+        filters = metered_all(allowed_filters(), limits, except_for=frozenset([ITER_FILTER]))
+        # Jinja2 annotates its tests as the internal ``function`` type, not as callables.
+        stock_tests = cast("Mapping[str, Callable[..., Any]]", self.tests)
+        tests = metered_all(stock_tests, limits, except_for=frozenset())
         self.filters.clear()
-        self.filters.update(allowed_filters())
+        self.filters.update(filters)
+        self.tests.clear()
+        self.tests.update(tests)
 
     def capped_range(self, *args: int) -> range:
         tick()
@@ -131,12 +149,12 @@ class PromptEnvironment(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         tick()
-        return super().call(__context, __obj, *args, **kwargs)
+        return built(super().call(__context, __obj, *args, **kwargs), __self.limits)
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         tick()
         _check_binop(operator, left, right, self.limits)
-        return self.binop_table[operator](left, right)
+        return built(self.binop_table[operator](left, right), self.limits)
 
     def call_unop(self, context: Context, operator: str, arg: Any) -> Any:
         tick()
@@ -151,6 +169,8 @@ def _check_binop(op: str, left: Any, right: Any, limits: RenderLimits) -> None:
             check_int_bits(abs(left).bit_length() + abs(right).bit_length(), limits)
     elif op == "+" and isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
         _check_sized(left, len(left) + len(right), limits)
+        cap = limits.max_output_chars
+        _check_size(size_of(left, cap) + size_of(right, cap), limits)
     elif op == "**" and _both_ints(left, right) and right > 0 and abs(left) > 1:
         check_int_bits(math.ceil(right * math.log2(abs(left))), limits)
     elif op == "%" and isinstance(left, str):
@@ -164,6 +184,13 @@ def _both_ints(left: Any, right: Any) -> bool:
 def _check_repeat(seq: Any, times: Any, limits: RenderLimits) -> None:
     if isinstance(seq, _SEQUENCES) and isinstance(times, int):
         _check_sized(seq, len(seq) * max(times, 0), limits)
+        # The items' sizes count too: [s] * 10000 is 10,000 copies of s once anything walks it.
+        _check_size(size_of(seq, limits.max_output_chars) * max(times, 0), limits)
+
+
+def _check_size(size: int, limits: RenderLimits) -> None:
+    if size > limits.max_output_chars:
+        raise too_big("value", "max_output_chars")
 
 
 def _check_sized(seq: Any, size: int, limits: RenderLimits) -> None:
