@@ -57,9 +57,14 @@ class Refusal(Exception):
         self.needle = needle
 
 
-def check(tree: nodes.Template, known_filters: frozenset[str]) -> None:
-    for node in tree.find_all(nodes.Node):
+def check(tree: nodes.Template, known_filters: frozenset[str], max_nodes: int) -> int:
+    """Refuse what the policy forbids, and more than ``max_nodes`` nodes; the node count."""
+    count = 0
+    for count, node in enumerate(tree.find_all(nodes.Node), start=1):
+        if count > max_nodes:
+            raise Refusal("the layer has too many template expressions", node.lineno, "")
         _check_node(node, known_filters)
+    return count
 
 
 def _check_node(node: nodes.Node, known_filters: frozenset[str]) -> None:

@@ -46,11 +46,16 @@ def compile_layer(environment: PromptEnvironment, layer: Layer) -> CompiledLayer
     try:
         _check_invisible(layer.source)
         sections = split_sections(layer.source, environment.limits)
-        compiled = tuple(_compile_section(environment, layer, s) for s in sections)
+        nodes_left = environment.limits.max_template_nodes
+        compiled = []
+        for section in sections:
+            result, nodes_used = _compile_section(environment, layer, section, nodes_left)
+            compiled.append(result)
+            nodes_left -= nodes_used
     except TemplateInvalid as exc:
         exc.layer_id = layer.layer_id
         raise
-    return CompiledLayer(layer.ref, compiled)
+    return CompiledLayer(layer.ref, tuple(compiled))
 
 
 def _check_invisible(source: str) -> None:
@@ -67,12 +72,12 @@ def _check_invisible(source: str) -> None:
 
 
 def _compile_section(
-    environment: PromptEnvironment, layer: Layer, section: SectionSource
-) -> CompiledSection:
+    environment: PromptEnvironment, layer: Layer, section: SectionSource, nodes_left: int
+) -> tuple[CompiledSection, int]:
     filename = f"<{layer.layer_id}@{layer.version}#{section.spec.name}>"
     try:
         tree = environment.parse(section.body, filename=filename)
-        check(tree, frozenset(environment.filters))
+        nodes_used = check(tree, frozenset(environment.filters), nodes_left)
         code = environment.compile(add_guards(tree, environment), filename=filename)
     except Refusal as exc:
         raise _located(UnsafeTemplate, exc.message, exc.lineno, exc.needle, section) from None
@@ -87,7 +92,7 @@ def _compile_section(
     template = environment.template_class.from_code(
         environment, code, environment.make_globals(None)
     )
-    return CompiledSection(section.spec, template, section.line_offset, filename)
+    return CompiledSection(section.spec, template, section.line_offset, filename), nodes_used
 
 
 def _located(

@@ -40,6 +40,8 @@ from prompts.errors import RenderLimitExceeded
 class RenderLimits:
     max_source_chars: int = 32_768
     max_sections: int = 64
+    # Syntax nodes per layer: compiling (outside the render budget) costs time in proportion.
+    max_template_nodes: int = 4_096
     max_variables_chars: int = 65_536
     max_output_chars: int = 131_072
     max_items: int = 10_000

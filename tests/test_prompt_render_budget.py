@@ -149,6 +149,18 @@ def test_deeply_nested_templates_are_invalid_not_a_crash(source: str) -> None:
         PromptComposer().validate(source, kind=LayerKind.USER)
 
 
+def test_compiling_is_bounded_by_the_number_of_template_nodes() -> None:
+    # Compiling runs before any render budget: its cost follows the syntax nodes of the layer.
+    many = "{{ [" + ",".join(["s"] * 8000) + "]|length }}"
+    with pytest.raises(UnsafeTemplate, match="too many template expressions"):
+        PromptComposer().validate(many, kind=LayerKind.USER)
+    split = "".join(f"@section s{i}\n{{{{ [{','.join(['s'] * 200)}] }}}}\n" for i in range(40))
+    with pytest.raises(UnsafeTemplate, match="too many template expressions"):
+        PromptComposer().validate(split, kind=LayerKind.USER)  # counted per layer
+    prose = "A long, plain prompt. {{ user.name }}\n" * 800
+    PromptComposer().validate(prose, kind=LayerKind.USER)
+
+
 # Through the running gateway -------------------------------------------------------------
 
 
