@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway import devissuer
+from gateway.dev_issuer_keys import public_jwks
 from gateway.errors import NotFound
 from gateway.services import Services, services_of
 from resilience.health import health_of
@@ -100,5 +100,4 @@ async def dev_jwks(request: Request) -> Response:
     key_file = _services(request).settings.dev_issuer_key_file
     if key_file is None:
         raise NotFound("not found")
-    key = devissuer.ensure_key(key_file)
-    return JSONResponse(devissuer.jwks(key), headers={"Cache-Control": "max-age=60"})
+    return JSONResponse(public_jwks(key_file), headers={"Cache-Control": "max-age=60"})

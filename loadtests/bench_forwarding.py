@@ -29,7 +29,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway import devissuer
+from gateway.cli import devissuer
 from oauth.assertion import AssertionSigner, CallerIdentity
 from oauth.keys import load_private_key
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from locust import HttpUser, between, task
 
-from gateway import devissuer
+from gateway.cli import devissuer
 
 _DATA_DIR = Path(os.environ.get("GATEHOUSE_DATA_DIR", ".gatehouse"))
 _NUMBERS = itertools.count()

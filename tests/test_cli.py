@@ -25,7 +25,7 @@ import pytest
 from fastmcp import Client
 from mcp_types import TextContent
 
-from gateway.supervisor import Backoff, ChildSpec, Supervisor, SupervisorError, describe_exit
+from gateway.cli.supervisor import Backoff, ChildSpec, Supervisor, SupervisorError, describe_exit
 from oauth.keyring import Keyring, generate_entry
 from oauth.store import TokenStore
 from oauth.vault import TokenBundle

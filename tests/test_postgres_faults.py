@@ -23,7 +23,7 @@ import asyncpg
 import httpx
 import pytest
 
-from gateway import embedded
+from gateway.cli import embedded
 from sql import apply_migrations
 from tests.support.databases import _private_dir
 from tests.support.oidc_provider import OidcProvider

@@ -60,7 +60,7 @@ def test_database() -> Iterator[Database]:
     server_url = os.environ.get("GATEHOUSE_TEST_ADMIN_DATABASE_URL")
     stop = None
     if not server_url:
-        from gateway import embedded
+        from gateway.cli import embedded
 
         postgres = embedded.start_postgres(_private_dir("pg"))
         server_url, stop = postgres.admin_url, postgres.stop
@@ -119,7 +119,7 @@ def test_redis() -> Iterator[str]:
     if url:
         yield url
         return
-    from gateway import embedded
+    from gateway.cli import embedded
 
     redis = embedded.start_redis(_private_dir("redis"))
     try:

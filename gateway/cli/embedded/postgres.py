@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from gateway.embedded.common import (
+from gateway.cli.embedded.common import (
     PG_PORT,
     PG_SUPERUSER,
     PG_SYSTEM_USER,

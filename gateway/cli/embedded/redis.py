@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from gateway.embedded.common import (
+from gateway.cli.embedded.common import (
     START_TIMEOUT,
     STOP_TIMEOUT,
     EmbeddedError,

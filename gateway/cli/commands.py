@@ -19,8 +19,8 @@ from pathlib import Path
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from tqdm import tqdm
 
-from gateway import devissuer, embedded
-from gateway.supervisor import ChildSpec, Supervisor, SupervisorError
+from gateway.cli import devissuer, embedded
+from gateway.cli.supervisor import ChildSpec, Supervisor, SupervisorError
 from oauth.keyring import Keyring, generate_entry
 from oauth.keys import ensure_private_key_file, public_pem
 from oauth.rotation import rotate

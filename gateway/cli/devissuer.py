@@ -1,27 +1,25 @@
 """A development identity issuer for ``gatehouse up`` without an external identity provider.
 
 Its RSA key lives in ``./.gatehouse/``; the gateway publishes the public half at
-``/dev/jwks.json`` only when configured to, and ``gatehouse token`` mints access tokens with it.
-Tokens go through exactly the same verification path as any external issuer's.
+``/dev/jwks.json`` only when configured to (:mod:`gateway.dev_issuer_keys`), and
+``gatehouse token`` mints access tokens with it. Tokens go through exactly the same
+verification path as any external issuer's.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway.dev_issuer_keys import KID, load_key
 from oauth.keys import write_private_pem
 
 ISSUER_PATH = "/dev"
 JWKS_PATH = "/dev/jwks.json"
-_KID = "gatehouse-dev-1"
 
 
 def dev_issuer(public_url: str) -> str:
@@ -35,19 +33,10 @@ def dev_jwks_url(public_url: str) -> str:
 def ensure_key(path: Path) -> rsa.RSAPrivateKey:
     """Load the development signing key, creating it (mode 0600) on first use."""
     if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise ValueError(f"{path} is not an RSA private key")
-        return key
+        return load_key(path)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     write_private_pem(path, key)
     return key
-
-
-def jwks(key: rsa.RSAPrivateKey) -> dict[str, Any]:
-    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-    public.update({"kid": _KID, "use": "sig", "alg": "RS256"})
-    return {"keys": [public]}
 
 
 def mint(
@@ -73,4 +62,4 @@ def mint(
         "jti": uuid.uuid4().hex,
         "client_id": "gatehouse-dev",
     }
-    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": _KID, "typ": "at+jwt"})
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": KID, "typ": "at+jwt"})
