@@ -185,3 +185,29 @@ def test_prompt_saves_and_rollbacks_replay_too(gateway: Server, token: str) -> N
     history = httpx.get(gateway.url + "/v1/prompts/user/versions", headers=headers(token),
                         timeout=10).json()["items"]
     assert [item["version"] for item in history] == [3, 2, 1]
+
+
+async def test_a_create_whose_answer_was_lost_is_replayed(
+    gateway: Server, database: Database, token: str
+) -> None:
+    """The ambiguous case: the client gives up waiting, the server commits anyway."""
+    key, name = str(uuid.uuid4()), f"s-{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(database.admin_url)
+    try:
+        async with conn.transaction():  # stall creates in this organisation
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('gatehouse.sessions:' || $1, 0))",
+                "idem")
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(gateway.url + "/v1/sessions", json={"name": name},
+                           headers=headers(token, key), timeout=1)
+            busy = await asyncio.to_thread(post, gateway, token, key, name=name)
+            assert busy.status_code == 409  # the lost request is still running
+    finally:
+        await conn.close()
+    deadline = asyncio.get_running_loop().time() + 10
+    while (retry := post(gateway, token, key, name=name)).status_code == 409:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    assert retry.status_code == 201 and retry.headers["idempotent-replayed"] == "true"
+    assert await count_named(database, "idem", name) == 1

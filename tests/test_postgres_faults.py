@@ -124,11 +124,16 @@ async def grows(count: Callable[[], int], by: int, what: str, start: int | None 
         await asyncio.sleep(0.02)
 
 
-async def rows_named(admin_url: str, prefix: str) -> list[Any]:
+async def rows_named(admin_url: str, prefix: str) -> tuple[list[Any], int]:
+    """The sessions the test created, and how many idempotency keys were kept with them."""
     conn = await asyncpg.connect(admin_url)
     try:
-        return list(await conn.fetch(
-            "SELECT name, id::text AS id FROM sessions WHERE name LIKE $1 || '-%'", prefix))
+        rows = await conn.fetch(
+            "SELECT name, id::text AS id FROM sessions WHERE name LIKE $1 || '-%'", prefix)
+        keys = await conn.fetchval(
+            "SELECT count(*) FROM idempotency_keys WHERE org_id = 'faults'"
+            " AND body::jsonb ->> 'name' LIKE $1 || '-%'", prefix)
+        return list(rows), int(keys)
     finally:
         await conn.close()
 
@@ -167,7 +172,8 @@ async def test_postgres_restarts_answer_503_and_keyed_retries_never_duplicate(
     assert not any(500 <= s < 600 and s != 503 for s in tally.statuses), tally.statuses
     assert tally.without_retry_after == 0
     assert tally.unavailable >= OUTAGES
-    rows = await rows_named(cluster.admin_url, prefix)
+    rows, keys = await rows_named(cluster.admin_url, prefix)
+    assert keys == len(rows)  # each create and its key committed together, or neither did
     names = Counter(row["name"] for row in rows)
     assert [n for n, count in names.items() if count > 1] == []  # no duplicates
     assert {row["name"]: row["id"] for row in rows} == tally.created  # every 201 is there
