@@ -8,7 +8,11 @@
     ├── NotFound              unknown, foreign or private ids alike (404)
     ├── Conflict              refused by the current state (409: quotas, closed sessions, owners)
     ├── RateLimited           over a limit (429 + Retry-After, RateLimit headers)
-    └── UpstreamUnavailable   mcp_server, the database or Redis cannot be reached (502/503)
+    ├── UpstreamUnavailable   mcp_server, the database or Redis cannot be reached (502/503)
+    │   └── JwksUnavailable   no usable issuer key set (fetch failed, nothing fresh cached)
+    └── LauncherError         ``gatehouse`` (gateway.cli) failed; printed, never an HTTP answer
+        ├── EmbeddedError     a private PostgreSQL/Redis could not be started or stopped
+        └── SupervisorError   a child process (gateway, mcp_server) could not be started
 
 Lower packages raise their own roots (``sql.DatabaseError``, ``resilience.ResilienceError``,
 ``oauth.OAuthError``); :mod:`gateway.problem` translates them at the edge, in one table.
@@ -116,3 +120,27 @@ class UpstreamUnavailable(GatewayError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)} if retry_after else None)
         self.status = status
         self.code = code
+
+
+class JwksUnavailable(UpstreamUnavailable):
+    """No usable key set: the endpoint failed and nothing trustworthy is cached.
+
+    The token verifiers turn it into their own refusal; the status only matters if one escapes.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, status=503, code="keys_unavailable")
+
+
+class LauncherError(GatewayError):
+    """``gatehouse`` could not do its job; the message says why and is printed to the operator."""
+
+    code = "launcher_error"
+
+
+class EmbeddedError(LauncherError):
+    """A private server could not be started (or stopped); the message says why."""
+
+
+class SupervisorError(LauncherError):
+    """A child could not be started at all; the message says which and why."""

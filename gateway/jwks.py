@@ -23,13 +23,11 @@ from typing import Any
 import aiohttp
 import jwt
 
+from gateway.errors import JwksUnavailable
+
 log = logging.getLogger(__name__)
 
 _MAX_JWKS_BYTES = 256 * 1024
-
-
-class JwksUnavailable(Exception):
-    """No usable key set: the endpoint failed and nothing trustworthy is cached."""
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from gateway.errors import Unauthenticated
-from gateway.jwks import JwksCache, JwksUnavailable
+from gateway.errors import JwksUnavailable, Unauthenticated
+from gateway.jwks import JwksCache
 from oauth.errors import JwtRejected
 from oauth.jwt_rules import JwtPolicy, check_times, decode, key_from_jwk, read_header
 

@@ -25,7 +25,8 @@ import pytest
 from fastmcp import Client
 from mcp_types import TextContent
 
-from gateway.cli.supervisor import Backoff, ChildSpec, Supervisor, SupervisorError, describe_exit
+from gateway.cli.supervisor import Backoff, ChildSpec, Supervisor, describe_exit
+from gateway.errors import SupervisorError
 from oauth.keyring import Keyring, generate_entry
 from oauth.store import TokenStore
 from oauth.vault import TokenBundle

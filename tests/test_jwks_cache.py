@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 
-from gateway.jwks import JwksCache, JwksUnavailable
+from gateway.errors import JwksUnavailable
+from gateway.jwks import JwksCache
 from tests.support.jwks_server import JwksServer, KeyPair
 
 

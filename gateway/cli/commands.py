@@ -20,7 +20,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tqdm import tqdm
 
 from gateway.cli import devissuer, embedded
-from gateway.cli.supervisor import ChildSpec, Supervisor, SupervisorError
+from gateway.cli.supervisor import ChildSpec, Supervisor
+from gateway.errors import SupervisorError
 from oauth.keyring import Keyring, generate_entry
 from oauth.keys import ensure_private_key_file, public_pem
 from oauth.rotation import rotate

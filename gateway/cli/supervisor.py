@@ -23,15 +23,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from gateway.errors import SupervisorError
+
 log = logging.getLogger("gatehouse")
 
 _TICK = 0.1  # seconds between looks at the children; bounds how late a stop request is seen
 _PROBE_TIMEOUT = 0.5
 _STOP_TIMEOUT = 10.0  # per child, a last resort: uvicorn gives up on open streams after 3 s
-
-
-class SupervisorError(Exception):
-    """A child could not be started at all; the message says which and why."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from gateway.jwks import JwksCache, JwksUnavailable
+from gateway.errors import JwksUnavailable
+from gateway.jwks import JwksCache
 from gateway.settings import GatewaySettings
 from oauth.errors import JwtRejected
 from oauth.jwt_rules import SYMMETRIC_ALGORITHMS, JwtPolicy, decode, key_from_jwk, read_header

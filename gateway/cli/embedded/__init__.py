@@ -15,12 +15,10 @@ temporary directory that it deletes. Here a server lives exactly from ``start_*`
   directories above the data directory get the "others may traverse" bit (``o+x``).
 """
 
-from gateway.cli.embedded.common import EmbeddedError
 from gateway.cli.embedded.postgres import EmbeddedPostgres, start_postgres
 from gateway.cli.embedded.redis import EmbeddedRedis, start_redis
 
 __all__ = [
-    "EmbeddedError",
     "EmbeddedPostgres",
     "EmbeddedRedis",
     "start_postgres",

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.errors import EmbeddedError
+
 log = logging.getLogger(__name__)
 
 PG_SYSTEM_USER = "pgserver"  # the OS user that runs PostgreSQL when we are root
@@ -25,10 +27,6 @@ START_TIMEOUT = 60  # seconds
 STOP_TIMEOUT = 30  # seconds
 # sun_path is 108 bytes on Linux (104 on macOS), including the terminating NUL.
 MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
-
-
-class EmbeddedError(Exception):
-    """A private server could not be started (or stopped); the message says why."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from gateway.cli.embedded.common import (
     PG_SYSTEM_USER,
     START_TIMEOUT,
     STOP_TIMEOUT,
-    EmbeddedError,
     Handle,
     acquire_lock,
     log_tail,
@@ -33,6 +32,7 @@ from gateway.cli.embedded.common import (
     short_socket_dir,
     socket_fits,
 )
+from gateway.errors import EmbeddedError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from urllib.parse import quote
 from gateway.cli.embedded.common import (
     START_TIMEOUT,
     STOP_TIMEOUT,
-    EmbeddedError,
     Handle,
     acquire_lock,
     log_tail,
@@ -26,6 +25,7 @@ from gateway.cli.embedded.common import (
     short_socket_dir,
     socket_fits,
 )
+from gateway.errors import EmbeddedError
 
 log = logging.getLogger(__name__)
 
