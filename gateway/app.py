@@ -30,10 +30,14 @@ from gateway.connect.signin_oidc import SigninClient
 from gateway.forwarding import McpForwarder
 from gateway.jwks import JwksCache
 from gateway.metrics import Metrics
-from gateway.middleware import ProblemMiddleware, RequestContextMiddleware
+from gateway.middleware import (
+    HeaderLimitMiddleware,
+    ProblemMiddleware,
+    RequestContextMiddleware,
+)
 from gateway.origin import OriginMiddleware, allowed_origins
 from gateway.principal import ClaimMapping
-from gateway.problem import problem_response
+from gateway.problem import http_exception
 from gateway.provisioning import Provisioner
 from gateway.ratelimit import UserRateLimitMiddleware
 from gateway.services import Services
@@ -119,12 +123,6 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
         await pool.close()
 
 
-async def _http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return problem_response(exc.status_code, code, str(exc.detail), str(exc.detail))
-
-
 def create_app(settings: GatewaySettings | None = None) -> Starlette:
     resolved = settings or GatewaySettings()  # type: ignore[call-arg]  # from the environment
 
@@ -162,12 +160,13 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
         ],
         middleware=[
             Middleware(RequestContextMiddleware),
+            Middleware(HeaderLimitMiddleware),
             Middleware(ProblemMiddleware),
             Middleware(OriginMiddleware,  # /mcp only; before authentication: 403 first
                        allowed=allowed_origins(resolved.public_url, resolved.allowed_origins)),
             Middleware(AuthenticationMiddleware),
             Middleware(UserRateLimitMiddleware),
         ],
-        exception_handlers={HTTPException: _http_exception},
+        exception_handlers={HTTPException: http_exception},
         lifespan=lifespan,
     )

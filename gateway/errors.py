@@ -1,7 +1,7 @@
 """Errors of the gateway, each carrying the HTTP status and stable ``code`` it is shown as.
 
     GatewayError
-    ├── BadRequest            malformed input (400, 413, 415)
+    ├── BadRequest            malformed input (400, 413, 415, 431, 422 from the database)
     ├── InvalidInput          well-formed but invalid, with per-field errors (422)
     ├── Unauthenticated       no or invalid bearer token (401 + WWW-Authenticate)
     ├── Forbidden             authenticated, but not allowed (403 insufficient_scope)
@@ -20,7 +20,16 @@ Lower packages raise their own roots (``sql.DatabaseError``, ``resilience.Resili
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
+
+# RFC 9110's names where Python's HTTPStatus still has the older ones.
+_TITLES = {413: "Content too large", 422: "Invalid input"}
+
+
+def title_of(status: int) -> str:
+    """A problem's title: the name of its status, so it never contradicts the status."""
+    return _TITLES.get(status) or HTTPStatus(status).phrase.capitalize()
 
 
 class GatewayError(Exception):
@@ -47,6 +56,7 @@ class BadRequest(GatewayError):
         super().__init__(detail)
         self.status = status
         self.code = code
+        self.title = title_of(status)
 
 
 class InvalidInput(GatewayError):

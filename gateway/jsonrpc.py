@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.jsonbody import JsonBodyError, loads
+
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 
@@ -34,9 +36,9 @@ class RpcError(Exception):
 
 def parse_message(body: bytes) -> RpcMessage:
     try:
-        message = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RpcError(PARSE_ERROR, "Parse error: the body is not valid JSON") from exc
+        message = loads(body)
+    except JsonBodyError as exc:
+        raise RpcError(PARSE_ERROR, f"Parse error: {exc}") from exc
     if not isinstance(message, dict):
         raise RpcError(INVALID_REQUEST, "Invalid Request: expected one JSON-RPC message object")
     request_id = message.get("id")

@@ -16,6 +16,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.asgi import header
+from gateway.errors import BadRequest
 from gateway.metrics import route_family
 from gateway.problem import INTERNAL_ERROR, error_response, translate
 from gateway.services import services_of
@@ -24,8 +25,6 @@ log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
-
-
 
 def _traceparent(incoming: str | None) -> str:
     """Continue a valid W3C trace, else start one; either way this hop gets a new span id."""
@@ -92,3 +91,32 @@ class ProblemMiddleware:
             request_id = scope.get("state", {}).get("request_id")
             response = error_response(error, request_id=request_id)
             await response(scope, receive, send)
+
+
+class HeaderLimitMiddleware:
+    """Answers 431 to a request with too many or too large headers, before any other work:
+    uvicorn's default parser (httptools) passes a 1 MB value or 5,000 headers on to the app."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            error = _header_error(scope)
+            if error is not None:
+                request_id = scope.get("state", {}).get("request_id")
+                await error_response(error, request_id=request_id)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _header_error(scope: Scope) -> BadRequest | None:
+    settings = services_of(scope).settings
+    headers = scope["headers"]
+    if len(headers) > settings.max_header_count:
+        detail = f"more than {settings.max_header_count} header fields"
+    elif sum(len(name) + len(value) for name, value in headers) > settings.max_header_bytes:
+        detail = f"header fields larger than {settings.max_header_bytes} bytes in all"
+    else:
+        return None
+    return BadRequest(detail, status=431, code="request_headers_too_large")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-from starlette.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
-from gateway.errors import BadRequest, GatewayError, UpstreamUnavailable
+from gateway.errors import BadRequest, GatewayError, UpstreamUnavailable, title_of
 from prompts import PromptError
 from resilience import LimiterUnavailable
 from sql import DatabaseUnavailable
@@ -15,8 +17,9 @@ from sql import DatabaseUnavailable
 PROBLEM_TYPE_BASE = "https://gatehouse.dev/problems/"
 
 
-# SQLSTATE -> what the caller sees. A row-level-security refusal (42501) answers 404: it must
-# not reveal that a row exists in another organisation.
+# SQLSTATE -> what the caller sees; any other data exception (class 22, which also covers
+# asyncpg's own refusal to encode an argument, 22000) answers 422. A row-level-security refusal
+# (42501) answers 404: it must not reveal that a row exists in another organisation.
 _SQLSTATES: dict[str, tuple[int, str, str]] = {
     "23505": (409, "conflict", "the resource already exists"),
     "23503": (409, "conflict", "a referenced resource does not exist"),
@@ -39,9 +42,12 @@ def _from_sqlstate(exc: asyncpg.PostgresError) -> GatewayError | None:
     if sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03", "53300"):
         return UpstreamUnavailable("the database is unavailable", status=503,
                                    code="database_unavailable", retry_after=2)
-    if sqlstate not in _SQLSTATES:
+    if sqlstate in _SQLSTATES:
+        status, code, detail = _SQLSTATES[sqlstate]
+    elif sqlstate.startswith("22"):  # class 22, data exception: the caller's value, not a bug
+        status, code, detail = 422, "validation_failed", "a value cannot be stored as sent"
+    else:
         return None
-    status, code, detail = _SQLSTATES[sqlstate]
     if status == 503:
         return UpstreamUnavailable(detail, status=503, code=code, retry_after=1)
     return BadRequest(detail, status=status, code=code)
@@ -95,6 +101,17 @@ def error_response(error: GatewayError, **extensions: Any) -> JSONResponse:
         error.status, error.code, error.title, error.detail, headers=error.headers,
         **error.extensions(), **extensions,
     )
+
+
+async def http_exception(request: Request, exc: Exception) -> Response:
+    """The router's own refusals (no such path, method not allowed), as problem documents."""
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+    detail = {404: "no such resource", 405: "method not allowed here"}.get(status, exc.detail)
+    return problem_response(status, code, title_of(status), detail,
+                            headers=dict(exc.headers or {}),
+                            request_id=request.scope.get("state", {}).get("request_id"))
 
 
 INTERNAL_ERROR = GatewayError("an unexpected error occurred; it has been logged")

@@ -54,6 +54,9 @@ class GatewaySettings(BaseSettings):
     user_rate_limit: str = "600/minute"
     rate_limit_fail_open: bool = True
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Past either bound a request is answered 431 (uvicorn's httptools parser has no limit).
+    max_header_bytes: int = Field(default=65_536, ge=16_384)
+    max_header_count: int = Field(default=200, ge=32)
     upstream_timeout_seconds: float = Field(default=60, gt=0)
     assertion_lifetime_seconds: int = Field(default=30, ge=1, le=60)
     connect_session_ttl_seconds: int = Field(default=1800, ge=60, le=86_400)

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.auth import principal_of
 from gateway.errors import BadRequest, InvalidInput
+from gateway.jsonbody import JsonBodyError, loads
 from gateway.permissions import require
 from gateway.principal import Principal
 from gateway.services import Services, services_of
@@ -88,15 +89,32 @@ async def _parse_body(request: Request, model: type[BaseModel] | None) -> Any:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise BadRequest("send a JSON body", status=415, code="unsupported_media_type")
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > _MAX_BODY:
-            raise BadRequest("request body too large", status=413, code="payload_too_large")
+    raw = await _read(request)
     try:
-        return model.model_validate_json(raw or b"{}")
+        loads(raw)  # depth, finite numbers, not empty: the checks every body shares
+        # pydantic's own parser still validates: it also refuses lone surrogates, which
+        # PostgreSQL cannot store.
+        return model.model_validate_json(raw)
+    except JsonBodyError as exc:
+        raise InvalidInput([{"loc": ["body"], "msg": str(exc), "type": "json_invalid"}]) from exc
     except ValidationError as exc:
         raise InvalidInput(_errors(exc)) from exc
+
+
+async def _read(request: Request) -> bytes:
+    too_large = BadRequest("request body too large", status=413, code="payload_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > _MAX_BODY:  # refused without waiting for it
+        raise too_large
+    raw = b""
+    try:
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > _MAX_BODY:
+                raise too_large
+    except ClientDisconnect:  # nobody is left to answer; not an error of ours
+        raise BadRequest("client disconnected before sending the whole body") from None
+    return raw
 
 
 def _parse_query(request: Request, model: type[BaseModel] | None) -> Any:

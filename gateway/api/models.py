@@ -34,7 +34,8 @@ JsonObject = Annotated[dict[str, JsonValue], AfterValidator(_bounded)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinities are not JSON, and PostgreSQL's jsonb refuses them (22P02).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SessionCreate(_Strict):
