@@ -21,11 +21,14 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import jwt
 import pytest
 from fastmcp import Client
 from mcp_types import TextContent
 
+from gateway.cli import devissuer
 from gateway.cli.supervisor import Backoff, ChildSpec, Supervisor, describe_exit
+from gateway.dev_issuer_keys import public_jwks
 from gateway.errors import SupervisorError
 from oauth.keyring import Keyring, generate_entry
 from oauth.store import TokenStore
@@ -363,3 +366,29 @@ def test_backoff_doubles_to_a_ceiling_and_resets_after_a_stable_run() -> None:
     assert backoff.after_crash(29) == 10
     assert backoff.after_crash(30) == 0.5
     assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(3) == "exited with code 3"
+
+
+# -- the launcher is not part of the server ----------------------------------------------------
+
+
+def test_the_servers_do_not_import_the_launcher() -> None:
+    """Issue 11.3: gateway.cli depends on the server, never the other way round."""
+    probe = ("import sys, gateway.app, mcp_server.app; "
+             "print(sorted(m for m in sys.modules if m.startswith('gateway.cli')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.strip() == "[]"
+
+
+def test_dev_jwks_publishes_the_public_half_of_the_key_gatehouse_mints_with(
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "dev_issuer.pem"
+    assert public_jwks(key_file) == {"keys": []}  # the gateway never creates the key itself
+    assert not key_file.exists()
+    token = devissuer.mint(devissuer.ensure_key(key_file), issuer="https://gw/dev",
+                           audience="https://gw/mcp", org="acme", user="alice", roles=["member"])
+    (jwk,) = public_jwks(key_file)["keys"]
+    assert "d" not in jwk and jwk["kid"] == jwt.get_unverified_header(token)["kid"]
+    claims = jwt.decode(token, jwt.PyJWK(jwk).key, algorithms=["RS256"], audience="https://gw/mcp")
+    assert (claims["iss"], claims["org_id"], claims["sub"]) == ("https://gw/dev", "acme", "alice")
