@@ -209,6 +209,34 @@ def test_wrong_content_type_and_oversized_body_have_matching_titles(
     assert assert_problem(too_large, 413, "payload_too_large")["title"] == "Content too large"
 
 
+# --- permission before the body ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("roles", "method", "path"), [
+    (["member"], "PUT", "/v1/prompts/organization"),
+    (["member"], "POST", "/v1/prompts/organization/rollback"),
+    (["admin"], "PUT", "/v1/prompts/global"),
+    (["viewer"], "PUT", "/v1/prompts/user"),
+    (["viewer"], "POST", "/v1/sessions"),
+    (["member"], "PUT", "/v1/members/someone/roles"),
+])
+@pytest.mark.parametrize("body", [b"", b"{not json", b'{"unexpected": 1}'],
+                         ids=["empty", "not-json", "wrong-shape"])
+def test_permission_is_checked_before_the_body(
+    gateway: Server, idp: OidcProvider, roles: list[str], method: str, path: str, body: bytes
+) -> None:
+    """Issue 12 item 5: a caller who may not write hears 403, not what their body lacks."""
+    user = f"pat-{roles[0]}"  # roles are kept from the first sight of a user
+    headers = {"Authorization": "Bearer " + idp.access_token("permission-org", user, roles)}
+    assert_problem(v1(gateway, headers, method, path, body), 403, "insufficient_scope")
+
+
+def test_an_unknown_prompt_layer_is_404_whatever_the_body(
+    gateway: Server, owner: dict[str, str]
+) -> None:
+    assert_problem(v1(gateway, owner, "PUT", "/v1/prompts/nope", b"{"), 404, "not_found")
+
+
 # --- headers -----------------------------------------------------------------------------------
 
 

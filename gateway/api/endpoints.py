@@ -6,7 +6,7 @@ code.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -57,22 +57,23 @@ class Endpoint:
     query: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     errors: tuple[int, ...] = field(default=(400, 401, 403, 429, 503))
+    # A permission that depends on the path (which prompt layer), checked like ``permission``
+    # before the body is read: a caller who may not write learns that, not what their body lacks.
+    guard: Callable[[Call], None] | None = None
 
     def route(self) -> Route:
         async def endpoint(request: Request) -> Response:
             principal = principal_of(request.scope)
             require(principal, self.permission)
-            call = Call(
-                request,
-                principal,
-                services_of(request.scope),
-                body=await _parse_body(request, self.body),
+            call = Call(request, principal, services_of(request.scope))
+            if self.guard is not None:
+                self.guard(call)
+            return await self.handler(replace(
+                call, body=await _parse_body(request, self.body),
                 query=_parse_query(request, self.query),
-            )
-            return await self.handler(call)
+            ))
 
         return Route(self.path, endpoint, methods=[self.method])
-
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:

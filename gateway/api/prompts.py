@@ -58,6 +58,11 @@ def _authorize_write(call: Call, layer: str) -> None:
         require(call.principal, "prompts:write" if layer == "organization" else "prompts:own")
 
 
+def _may_write(call: Call) -> None:
+    """Checked before the body is read (see ``Endpoint.guard``)."""
+    _authorize_write(call, _layer_name(call))
+
+
 def _tenant_for(call: Call, layer: str) -> Tenant:
     """Writes to the global layer happen in the platform's pseudo-organisation."""
     if layer != "global":
@@ -187,14 +192,15 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/prompts/{layer}", get_prompt, "prompts:read",
              "The newest version of a prompt layer", response=PromptVersion),
     Endpoint("PUT", "/v1/prompts/{layer}", save_prompt, "prompts:read",
-             "Save a new version of a prompt layer", body=PromptSave, response=PromptVersion),
+             "Save a new version of a prompt layer", body=PromptSave, response=PromptVersion,
+             guard=_may_write),
     Endpoint("GET", "/v1/prompts/{layer}/versions", list_prompt_versions, "prompts:read",
              "A layer's version history, newest first", response=PromptHistory),
     Endpoint("GET", "/v1/prompts/{layer}/versions/{version}", get_prompt_version,
              "prompts:read", "One version of a prompt layer", response=PromptVersion),
     Endpoint("POST", "/v1/prompts/{layer}/rollback", rollback_prompt, "prompts:read",
              "Make an earlier version current again (as a new version)",
-             body=PromptRollback, response=PromptVersion),
+             body=PromptRollback, response=PromptVersion, guard=_may_write),
     Endpoint("POST", "/v1/prompt-preview", preview_prompt, "prompts:read",
              "Render unsaved text with the other saved layers and sample variables",
              body=PromptPreview, response=ComposedSystemPrompt),
