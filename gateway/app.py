@@ -47,6 +47,7 @@ from oauth.assertion import AssertionSigner
 from oauth.keys import load_private_key
 from prompts import PromptComposer
 from resilience import FailurePolicy, RateLimiter, create_redis
+from resilience.health import health_of
 from sql import create_pool, verify_app_role
 
 API: list[Endpoint] = [
@@ -119,6 +120,7 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
         )
     finally:
         await http.close()
+        await health_of(redis).aclose()  # a re-probe still in flight must not outlive Redis
         await redis.aclose()
         await pool.close()
 
