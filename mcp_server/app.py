@@ -6,6 +6,8 @@ serve any request. Run with ``uvicorn --factory mcp_server.app:create_app``.
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 from fastmcp import FastMCP
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,21 +22,22 @@ from mcp_server.settings import McpServerSettings
 from oauth.assertion import AssertionVerifier
 from oauth.keys import load_public_key
 
+SERVER_NAME = "Gatehouse"
 INSTRUCTIONS = "Gatehouse tools, called as the organisation and user the gateway vouches for."
 
 
 def build_mcp(settings: McpServerSettings) -> FastMCP:
-    """The tools, the connect flow's internal routes, and the lifespan that builds the
-    provider runtime both use."""
+    """The always-present tools, the connect flow's internal routes, and the lifespan that
+    builds the provider runtime both use and registers the enabled providers' tools."""
     holder = RuntimeHolder()
     mcp = FastMCP(
-        "gatehouse",
+        SERVER_NAME,
         instructions=INSTRUCTIONS,
+        version=version("gatehouse"),  # serverInfo: what a client shows and reports bugs against
         middleware=[SessionToolScope(), UrlElicitationOffer()],
-        lifespan=lifespan_for(settings, holder),
+        lifespan=lifespan_for(settings, holder, provider_tools.register),
     )
     tools.register(mcp)
-    provider_tools.register(mcp, settings.providers)
     connect_routes.register(mcp, holder, settings.connect_state_ttl_seconds)
 
     @mcp.custom_route("/healthz", methods=["GET"])

@@ -11,6 +11,7 @@ from fastmcp.server.dependencies import get_http_request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_server.errors import NoVerifiedCaller
 from oauth.assertion import AssertionVerifier, CallerIdentity
 from oauth.errors import AssertionRejected
 
@@ -59,5 +60,5 @@ def current_caller() -> CallerIdentity:
     """The verified caller of the MCP request being served."""
     caller = get_http_request().scope.get("state", {}).get("caller")
     if not isinstance(caller, CallerIdentity):
-        raise AssertionRejected("no verified caller for this request")
+        raise NoVerifiedCaller("no verified caller for this request")
     return caller

@@ -24,6 +24,7 @@ from fastmcp import FastMCP
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from mcp_server.errors import connect_status
 from mcp_server.lifespan import RuntimeHolder
 from oauth.assertion import CallerIdentity
 from oauth.connect import CallbackParams, ConnectFlow, Denied
@@ -36,7 +37,6 @@ _MAX_BODY = 16_384
 
 def _problem(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status)
-
 
 
 def _flow(holder: RuntimeHolder, state_ttl: int) -> ConnectFlow:
@@ -74,8 +74,7 @@ def _guarded(holder: RuntimeHolder, state_ttl: int, handler: Handler) -> Route:
         try:
             return await handler(_flow(holder, state_ttl), _caller(request), request)
         except ConnectRejected as exc:
-            status = {"unknown_provider": 404, "not_configured": 503}.get(exc.code, 400)
-            return _problem(status, exc.code, str(exc))
+            return _problem(connect_status(exc.code), exc.code, str(exc))
 
     return run
 

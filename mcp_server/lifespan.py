@@ -5,8 +5,8 @@ The FastMCP lifespan yields ``{"providers": ProviderRuntime}``; tools read it th
 discovery), the asyncpg pool (as ``gatehouse_app``, checked by :func:`sql.verify_app_role`),
 one Redis client (refresh locks, breakers, connect tickets), the token store and refresher, a
 circuit breaker per provider (state shared across replicas through Redis) and the rate limits.
-Without database, Redis or token keys the runtime has no vault: provider tools then answer
-"not configured", and everything else works.
+Without database, Redis or token keys the runtime has no vault: no provider is enabled then
+(its tools are not registered), and everything else works.
 """
 
 from __future__ import annotations
@@ -143,8 +143,9 @@ async def index_tool_schemas(server: FastMCP) -> None:
     On protocol 2026-07-28 the SDK checks a ``tools/call``'s ``Mcp-Param-*`` headers against
     the tool's schema. Without a lookup it finds the schema by running the whole ``tools/list``
     handler (every tool, through the middleware) on every call with arguments: about 1 ms of
-    CPU per call here, more than the rest of an ``echo``. The tools are registered before the
-    lifespan starts and never change afterwards, so one listing serves every call.
+    CPU per call here, more than the rest of an ``echo``. The lifespan registers the enabled
+    providers' tools before it calls this, and none change afterwards, so one listing serves
+    every call.
     """
     tools = await server.list_tools(run_middleware=False)
     schemas = {tool.name: tool.parameters for tool in tools}
@@ -159,32 +160,45 @@ class RuntimeHolder:
         self.runtime: ProviderRuntime | None = None
 
 
+ToolRegistrar = Callable[[FastMCP, Mapping[str, str]], list[str]]
+
+
 def lifespan_for(
-    settings: McpServerSettings, holder: RuntimeHolder
+    settings: McpServerSettings, holder: RuntimeHolder, register_tools: ToolRegistrar
 ) -> Callable[[FastMCP], AbstractAsyncContextManager[dict[str, Any]]]:
+    """``register_tools(server, {provider: display name})`` adds the tools of the providers
+    that came out enabled (configured, with a vault) and returns their names; they are
+    removed again when the lifespan ends."""
+
     @asynccontextmanager
     async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
-        await index_tool_schemas(server)
         async with AsyncExitStack() as stack:
-            http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=settings.provider_timeout_seconds + 5),
-                connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=300),
-                cookie_jar=aiohttp.DummyCookieJar(),  # no provider cookie shared across users
-            )
-            stack.push_async_callback(http.close)
-            providers = await configure_providers(
-                http, settings.providers, load_catalogue(),
-                discovery_timeout=settings.discovery_timeout_seconds,
-            )
-            vault = await _vault(settings, stack, http, providers)
-            apis = {} if vault is None else _apis(settings, http, vault.redis, providers)
-            holder.runtime = ProviderRuntime(
-                providers, apis, vault, settings.public_url.rstrip("/"),
-                settings.connect_link_ttl_seconds, http,
-            )
+            runtime = await _runtime(settings, stack)
+            enabled = {name: api.spec.display_name for name, api in runtime.apis.items()}
+            for name in register_tools(server, enabled):
+                stack.callback(server.local_provider.remove_tool, name)
+            await index_tool_schemas(server)
+            holder.runtime = runtime
             try:
-                yield {RUNTIME_KEY: holder.runtime}
+                yield {RUNTIME_KEY: runtime}
             finally:
                 holder.runtime = None
 
     return lifespan
+
+
+async def _runtime(settings: McpServerSettings, stack: AsyncExitStack) -> ProviderRuntime:
+    http = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=settings.provider_timeout_seconds + 5),
+        connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=300),
+        cookie_jar=aiohttp.DummyCookieJar(),  # no provider cookie shared across users
+    )
+    stack.push_async_callback(http.close)
+    providers = await configure_providers(
+        http, settings.providers, load_catalogue(),
+        discovery_timeout=settings.discovery_timeout_seconds,
+    )
+    vault = await _vault(settings, stack, http, providers)
+    apis = {} if vault is None else _apis(settings, http, vault.redis, providers)
+    return ProviderRuntime(providers, apis, vault, settings.public_url.rstrip("/"),
+                           settings.connect_link_ttl_seconds, http)

@@ -7,9 +7,9 @@ against none), then the user's token
 is loaded (and if due, refreshed), then the call is made under the breaker's admission. A call
 admitted but not made (the user is not connected, say) gives its half-open trial slot back.
 
-Every failure becomes a :class:`ToolError` whose text a person can act on:
+Every failure becomes a :class:`~mcp_server.errors.ToolFailed` whose text a person can act on
+(the translation is :func:`mcp_server.errors.tool_failure`):
 
-* not configured (provider not enabled here, or no vault configured);
 * not connected / needs reconnect / token rejected (401, marked needs_reconnect) — each with a
   one-time connect link for this organisation, user and provider;
 * missing scope (named when the provider says which; else the tool's declared scopes) — with a
@@ -40,27 +40,18 @@ from typing import Any, TypeVar
 
 import mcp_types as mt
 from fastmcp import Context
-from fastmcp.exceptions import ToolError
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools import ToolResult
 from mcp.shared.exceptions import UrlElicitationRequiredError
 
 from mcp_server.auth import current_caller
+from mcp_server.errors import ConnectRequired, ToolFailed, tool_failure, unavailable, unexpected
 from mcp_server.lifespan import REFRESH_MARGIN, RUNTIME_KEY, ProviderRuntime, ToolLimits, Vault
 from oauth.assertion import CallerIdentity
 from oauth.connect_links import issue_connect_link
-from oauth.errors import (
-    MissingScope,
-    NeedsReconnect,
-    NotConnected,
-    ProviderRejected,
-    ProviderUnauthorized,
-    ProviderUnavailable,
-    RefreshFailed,
-    VaultError,
-)
+from oauth.errors import NotConnected, ProviderUnauthorized, VaultError
 from oauth.provider_client import ProviderApi
-from resilience import BreakerTicket, CircuitBreaker, CircuitOpen, LimiterUnavailable, admit
+from resilience import BreakerTicket, CircuitBreaker, admit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,15 +60,6 @@ ProviderCall = Callable[[ProviderApi, str], Awaitable[T]]
 _LIMIT_OWNERS = ("your limit for {tool}", "your organisation's limit for {name}",
                  "this server's limit for {name}")
 URL_ELICITATION_VERSIONS = frozenset({"2025-11-25"})  # -32042 exists in these versions only
-
-
-class ConnectRequired(ToolError):
-    """An answer the user acts on by opening ``url`` (connect, reconnect, grant a scope)."""
-
-    def __init__(self, reason: str, url: str) -> None:
-        super().__init__(f"{reason}: {url}")
-        self.reason = reason
-        self.url = url
 
 
 class UrlElicitationOffer(Middleware):
@@ -125,47 +107,51 @@ async def run_provider_tool(
     runtime = _runtime(ctx)
     api = None if runtime is None else runtime.apis.get(provider)
     if runtime is None or runtime.vault is None or api is None:
-        raise ToolError(f"provider {provider!r} is not configured on this Gatehouse server")
+        # Only listed when enabled (provider_tools), so only a stale or racing client gets here.
+        raise ToolFailed(f"provider {provider!r} is not configured on this Gatehouse server")
     caller = current_caller()
     try:
-        return await _run(runtime, runtime.vault, api, caller, tool, provider, scopes, call)
-    except ToolError:
-        raise
+        return await _run(runtime, runtime.vault, api, caller, tool, provider, call)
     except Exception as exc:  # never let a provider body or token surface through FastMCP
-        log.exception("tool %s failed unexpectedly (%s)", tool, type(exc).__name__)
-        raise ToolError(f"{tool} failed unexpectedly; try again later") from None
+        raise await _answer(runtime, runtime.vault, caller, tool, provider, scopes, exc
+                            ) from None
+
+
+async def _answer(
+    runtime: ProviderRuntime, vault: Vault, caller: CallerIdentity, tool: str, provider: str,
+    scopes: tuple[str, ...], exc: Exception,
+) -> ToolFailed:
+    """The tool's answer to ``exc`` (see :func:`mcp_server.errors.tool_failure`), with a
+    connect link where the user must act."""
+    answer = tool_failure(exc, runtime.apis[provider].spec.display_name, scopes)
+    if answer is None:  # logged by type only: a message could carry a provider's body
+        log.error("tool %s failed unexpectedly (%s)", tool, type(exc).__name__)
+        return unexpected(tool)
+    if isinstance(exc, VaultError):
+        log.error("stored %s connection cannot be opened", provider)
+    if not isinstance(answer, ConnectRequired) or answer.url:
+        return answer
+    try:
+        return answer.with_url(await _link(runtime, vault, caller, provider))
+    except Exception as link_exc:  # Redis down, say: the answer still must not leak
+        log.error("tool %s: no connect link (%s)", tool, type(link_exc).__name__)
+        return unexpected(tool)
 
 
 async def _run(
     runtime: ProviderRuntime, vault: Vault, api: ProviderApi, caller: CallerIdentity,
-    tool: str, provider: str, scopes: tuple[str, ...], call: ProviderCall[T],
+    tool: str, provider: str, call: ProviderCall[T],
 ) -> T:
-    name = api.spec.display_name
     breaker = api.breaker.scoped(caller.org_id)  # one tenant's failures open only its own
     ticket = await _admit(vault.limits, api, breaker, caller, tool, provider)
     view = api.admitted(ticket, breaker)
     try:
-        token = await _token(runtime, vault, caller, provider, name)
-        return await call(view, token)
+        return await call(view, await _fresh_token(vault, caller, provider))
     except ProviderUnauthorized:
         if vault.cache is not None:
             vault.cache.forget(caller, provider)
         await vault.store.mark_needs_reconnect(caller, provider)
-        link = await _link(runtime, vault, caller, provider)
-        raise ConnectRequired(f"{name} no longer accepts your connection; reconnect", link
-                              ) from None
-    except MissingScope as exc:
-        needed = ", ".join(exc.scopes or scopes) or "a permission this tool needs"
-        link = await _link(runtime, vault, caller, provider)
-        raise ConnectRequired(
-            f"your {name} connection is missing scope {needed}; reconnect granting it", link
-        ) from None
-    except CircuitOpen as exc:
-        raise _unavailable(name, exc.retry_after) from None
-    except ProviderUnavailable as exc:
-        raise ToolError(f"{name} is unavailable right now ({exc.reason}); retry later") from None
-    except ProviderRejected as exc:
-        raise ToolError(str(exc)) from None
+        raise
     finally:
         await view.release_unused()
 
@@ -178,45 +164,16 @@ async def _admit(limits: ToolLimits, api: ProviderApi, breaker: CircuitBreaker,
     buckets = [limits.for_tool(tool).bucket(caller.org_id, caller.user_id, tool),
                limits.org_provider.bucket(caller.org_id, provider),
                limits.provider.bucket(provider)]
-    try:
-        admission = await admit(buckets, breaker)
-    except LimiterUnavailable:
-        raise ToolError("rate limits cannot be checked right now; retry shortly") from None
+    admission = await admit(buckets, breaker)
     name = api.spec.display_name
     for decision, whose in zip(admission.decisions, _LIMIT_OWNERS, strict=True):
         if not decision.allowed:
             what = whose.format(tool=tool, name=name)
-            raise ToolError(f"rate limit exceeded ({what}: {decision.limit} per "
-                            f"{decision.window_seconds} s); retry in {decision.retry_after} s")
+            raise ToolFailed(f"rate limit exceeded ({what}: {decision.limit} per "
+                             f"{decision.window_seconds} s); retry in {decision.retry_after} s")
     if admission.ticket is not None and not admission.ticket.admitted:
-        raise _unavailable(name, admission.ticket.retry_after)
+        raise unavailable(name, admission.ticket.retry_after)
     return admission.ticket
-
-
-def _unavailable(name: str, retry_after: float) -> ToolError:
-    return ToolError(f"{name} is unavailable (failing recently); retry in {retry_after:.0f} s")
-
-
-async def _token(
-    runtime: ProviderRuntime, vault: Vault, caller: CallerIdentity, provider: str, name: str
-) -> str:
-    try:
-        return await _fresh_token(vault, caller, provider)
-    except NotConnected:
-        link = await _link(runtime, vault, caller, provider)
-        raise ConnectRequired(f"you have not connected {name}; connect it here", link) from None
-    except NeedsReconnect:
-        link = await _link(runtime, vault, caller, provider)
-        raise ConnectRequired(f"your {name} connection must be renewed; reconnect", link
-                              ) from None
-    except RefreshFailed:
-        raise ToolError(f"{name} is unavailable right now (token refresh failed); "
-                        "retry later") from None
-    except VaultError:
-        log.error("stored %s connection cannot be opened", provider)
-        link = await _link(runtime, vault, caller, provider)
-        raise ConnectRequired(f"your {name} connection cannot be used; reconnect", link
-                              ) from None
 
 
 async def _fresh_token(vault: Vault, caller: CallerIdentity, provider: str) -> str:

@@ -1,24 +1,25 @@
 """The curated provider tools, each with the scopes it needs declared in its description.
 
-Every catalogue provider has ``<provider>_whoami`` (its userinfo endpoint); so does every
-OpenID provider configured by discovery. GitHub: list repositories, search issues, create an
-issue, get file contents. Google: list calendar events. Slack: post a message. Requests follow
-each provider's documented REST shapes; paths are resolved against the provider's (overridable)
-``api_base_url``, and every path segment taken from arguments is validated and
-percent-encoded, so arguments cannot reach another endpoint.
+Only enabled providers' tools are registered (at start-up, once providers are configured; see
+:func:`register`). Each has ``<provider>_whoami`` (its userinfo endpoint), catalogue providers
+and OpenID providers configured by discovery alike. GitHub: list repositories, search issues,
+create an issue, get file contents. Google: list calendar events. Slack: post a message.
+Requests follow each provider's documented REST shapes; paths are resolved against the
+provider's (overridable) ``api_base_url``, and every path segment taken from arguments is
+validated and percent-encoded, so arguments cannot reach another endpoint.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastmcp import Context, FastMCP
-from fastmcp.exceptions import ToolError
 from pydantic import Field
 
+from mcp_server.errors import ToolFailed
 from mcp_server.provider_runner import run_provider_tool
 from mcp_server.provider_tools_shapes import (
     calendar_events,
@@ -27,7 +28,6 @@ from mcp_server.provider_tools_shapes import (
     repository_summary,
     search_results,
 )
-from oauth.catalogue import load_catalogue
 from oauth.provider_client import ProviderApi
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -42,14 +42,14 @@ WHOAMI_SCOPES: dict[str, tuple[str, ...]] = {
 
 def _segment(value: str, what: str) -> str:
     if not _NAME.match(value) or value in (".", ".."):
-        raise ToolError(f"{what} must be 1-100 letters, digits, '-', '_' or '.'")
+        raise ToolFailed(f"{what} must be 1-100 letters, digits, '-', '_' or '.'")
     return quote(value, safe="")
 
 
 def _file_path(path: str) -> str:
     parts = path.strip("/").split("/")
     if not path.strip("/") or len(path) > 1000 or any(p in ("", ".", "..") for p in parts):
-        raise ToolError("path must be a relative file path without '.' or '..' segments")
+        raise ToolFailed("path must be a relative file path without '.' or '..' segments")
     return "/".join(quote(p, safe="") for p in parts)
 
 
@@ -57,12 +57,12 @@ def _scopes_note(scopes: tuple[str, ...]) -> str:
     return f" Needs scope: {', '.join(scopes)}." if scopes else ""
 
 
-def register_whoami(mcp: FastMCP, provider: str, display: str, scopes: tuple[str, ...]) -> None:
+def register_whoami(mcp: FastMCP, provider: str, display: str, scopes: tuple[str, ...]) -> str:
     async def whoami(ctx: Context) -> dict[str, Any]:
         async def call(api: ProviderApi, token: str) -> dict[str, Any]:
             url = api.spec.userinfo_endpoint
             if url is None:
-                raise ToolError(f"{display} has no userinfo endpoint")
+                raise ToolFailed(f"{display} has no userinfo endpoint")
             document = await api.request(token, "GET", url)
             return document if isinstance(document, dict) else {"userinfo": document}
 
@@ -71,9 +71,10 @@ def register_whoami(mcp: FastMCP, provider: str, display: str, scopes: tuple[str
     mcp.tool(whoami, name=f"{provider}_whoami",
              description=f"Your {display} account, from its userinfo endpoint."
              + _scopes_note(scopes))
+    return f"{provider}_whoami"
 
 
-def register_github(mcp: FastMCP) -> None:
+def register_github(mcp: FastMCP) -> list[str]:
     repo_scopes = ("repo",)
 
     @mcp.tool(description="List repositories you can access on GitHub (GET /user/repos)."
@@ -147,8 +148,11 @@ def register_github(mcp: FastMCP) -> None:
         return await run_provider_tool(ctx, "github_get_file_contents", "github", repo_scopes,
                                        call)
 
+    return ["github_list_repositories", "github_search_issues", "github_create_issue",
+            "github_get_file_contents"]
 
-def register_google(mcp: FastMCP) -> None:
+
+def register_google(mcp: FastMCP) -> list[str]:
     scopes = ("https://www.googleapis.com/auth/calendar.readonly",)
 
     @mcp.tool(description="List events of a Google Calendar (GET "
@@ -170,8 +174,10 @@ def register_google(mcp: FastMCP) -> None:
         return await run_provider_tool(ctx, "google_list_calendar_events", "google", scopes,
                                        call)
 
+    return ["google_list_calendar_events"]
 
-def register_slack(mcp: FastMCP) -> None:
+
+def register_slack(mcp: FastMCP) -> list[str]:
     scopes = ("chat:write",)
 
     @mcp.tool(description="Post a message to a Slack channel as you (POST chat.postMessage)."
@@ -193,15 +199,25 @@ def register_slack(mcp: FastMCP) -> None:
 
         return await run_provider_tool(ctx, "slack_post_message", "slack", scopes, call)
 
+    return ["slack_post_message"]
 
-def register(mcp: FastMCP, discovered: Iterable[str] = ()) -> None:
-    """Every catalogue provider's tools, plus ``<name>_whoami`` for discovery providers."""
-    catalogue = load_catalogue()
-    for name, spec in catalogue.items():
-        register_whoami(mcp, name, spec.display_name, WHOAMI_SCOPES.get(name, ()))
-    for name in discovered:
-        if name not in catalogue:
-            register_whoami(mcp, name, name, ("openid",))
-    register_github(mcp)
-    register_google(mcp)
-    register_slack(mcp)
+
+# A provider's tools beyond its whoami, each registrar returning the names it registered.
+_EXTRA_TOOLS: dict[str, Callable[[FastMCP], list[str]]] = {
+    "github": register_github, "google": register_google, "slack": register_slack,
+}
+
+
+def register(mcp: FastMCP, enabled: Mapping[str, str]) -> list[str]:
+    """Register the tools of the ``enabled`` providers (name -> display name) and return their
+    names: ``<name>_whoami`` for each, plus the curated tools of GitHub, Google and Slack.
+
+    Only enabled providers (configured, and a token vault to hold users' grants) get tools: a
+    listed tool that can only fail would cost every model a wrong first call.
+    """
+    names = []
+    for name, display in enabled.items():
+        names.append(register_whoami(mcp, name, display, WHOAMI_SCOPES.get(name, ("openid",))))
+        if name in _EXTRA_TOOLS:
+            names += _EXTRA_TOOLS[name](mcp)
+    return names

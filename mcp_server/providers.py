@@ -18,7 +18,7 @@ also moves a userinfo endpoint that lived under the old base.
 
 Discovery documents are fetched at start-up, concurrently, with a timeout and a size cap. A
 provider whose configuration or discovery fails is left out and logged (by name and reason,
-never its secret); the server still starts and its tools answer "not configured".
+never its secret); the server still starts, without that provider's tools.
 """
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import mcp_types as mt
-from fastmcp.exceptions import ToolError
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools import Tool, ToolResult
 
 from mcp_server.auth import current_caller
+from mcp_server.errors import ToolFailed
 
 
 class SessionToolScope(Middleware):
@@ -32,5 +32,5 @@ class SessionToolScope(Middleware):
     ) -> ToolResult:
         allowed = current_caller().allowed_tools
         if allowed is not None and context.message.name not in allowed:
-            raise ToolError(f"the tool {context.message.name!r} is not allowed in this session")
+            raise ToolFailed(f"the tool {context.message.name!r} is not allowed in this session")
         return await call_next(context)

@@ -1,7 +1,7 @@
 """mcp_server configuration: environment variables prefixed ``GATEHOUSE_``, or ``.env``.
 
 Only ``INTERNAL_PUBLIC_KEY_FILE`` is required. Without ``DATABASE_URL``, ``REDIS_URL`` and
-``TOKEN_KEYS`` the server still starts; provider tools then answer "not configured".
+``TOKEN_KEYS`` the server still starts, offering only the tools that need no provider.
 ``PROVIDERS`` is described in :mod:`mcp_server.providers`.
 """
 

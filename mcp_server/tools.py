@@ -1,4 +1,9 @@
-"""The tools mcp_server offers. ``echo`` is diagnostic and touches no provider."""
+"""The tools every mcp_server offers, whatever is configured: ``echo`` and ``count`` are
+diagnostic, ``whoami`` shows the caller; none touches a provider.
+
+A tool's docstring is the description the model reads, so it is plain text (Markdown at most):
+no reStructuredText roles or double backticks.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ def register(mcp: FastMCP) -> None:
     # which cost echo about 0.4 ms of CPU per call here.
     @mcp.tool
     async def echo(text: str) -> str:
-        """Return ``text`` unchanged: a round trip through the gateway, touching nothing else."""
+        """Return `text` unchanged: a round trip through the gateway, touching nothing else."""
         return text[:MAX_ECHO_CHARS]
 
     @mcp.tool
@@ -31,7 +36,7 @@ def register(mcp: FastMCP) -> None:
 
     @mcp.tool
     async def count(to: int, ctx: Context) -> str:
-        """Count from 1 to ``to`` (at most 100), reporting progress: a streamed response."""
+        """Count from 1 to `to` (at most 100), reporting progress: a streamed response."""
         to = max(1, min(to, 100))
         for step in range(1, to + 1):
             await ctx.report_progress(step, to, f"step {step}")

@@ -105,16 +105,19 @@ async def call(gateway: Server, env: Env, who: Who, tool: str, **arguments: Any)
 # -- happy paths ------------------------------------------------------------------------------
 
 
-async def test_tools_are_listed_with_declared_scopes(gateway: Server, env: Env) -> None:
+async def test_only_enabled_providers_tools_are_listed_with_declared_scopes(
+    gateway: Server, env: Env
+) -> None:
+    """The stack enables GitHub, Google and Slack; Microsoft, Atlassian and Notion are in the
+    catalogue but not configured, so their tools are not offered."""
     who = await new_user(env)
     token = env.idp.access_token(who.org_id, who.user_id, ["member"])
     async with Client(gateway.url + "/mcp", auth=token) as client:
         tools = {tool.name: tool for tool in await client.list_tools()}
-    for name in ("github_whoami", "github_list_repositories", "github_search_issues",
-                 "github_create_issue", "github_get_file_contents", "google_whoami",
-                 "google_list_calendar_events", "slack_post_message", "slack_whoami",
-                 "microsoft_whoami", "atlassian_whoami", "notion_whoami", "echo"):
-        assert name in tools
+    assert set(tools) == {
+        "echo", "whoami", "count", "github_whoami", "github_list_repositories",
+        "github_search_issues", "github_create_issue", "github_get_file_contents",
+        "google_whoami", "google_list_calendar_events", "slack_post_message", "slack_whoami"}
     assert "Needs scope: repo" in (tools["github_create_issue"].description or "")
 
 
@@ -267,11 +270,11 @@ async def test_provider_error_bodies_are_not_reflected(gateway: Server, env: Env
     assert missing.is_error and "HTTP 404" in text(missing) and "Not Found" not in text(missing)
 
 
-async def test_unconfigured_provider_says_so(gateway: Server, env: Env) -> None:
+async def test_an_unconfigured_providers_tool_is_unknown(gateway: Server, env: Env) -> None:
     who = await new_user(env)
     result = await call(gateway, env, who, "microsoft_whoami")
     assert result.is_error
-    assert text(result) == "provider 'microsoft' is not configured on this Gatehouse server"
+    assert text(result) == "Unknown tool: 'microsoft_whoami'"
 
 
 # -- breaker and limits, on a stack of their own (their state must not leak into other tests) ----
@@ -330,26 +333,33 @@ async def test_breaker_opens_on_5xx_not_on_4xx(strict_gateway: Server, env: Env)
     assert len(requests_of(env, token)) == before  # refused without calling GitHub
 
 
-async def test_server_without_vault_settings_starts_and_says_not_configured(
+async def test_server_without_vault_settings_starts_and_offers_no_provider_tools(
     internal_keys: Any, work_dir: Any
 ) -> None:
-    """Only the assertion key: echo works, provider tools answer "not configured"."""
+    """Only the assertion key (GitHub configured, but no vault to hold grants): echo works,
+    GitHub's tools are neither listed nor callable."""
     from oauth.assertion import AssertionSigner, CallerIdentity
     from oauth.keys import load_private_key
 
     bare = start_uvicorn("mcp_server.app:create_app",
-                         {"GATEHOUSE_INTERNAL_PUBLIC_KEY_FILE": str(internal_keys.public)},
+                         {"GATEHOUSE_INTERNAL_PUBLIC_KEY_FILE": str(internal_keys.public),
+                          "GATEHOUSE_PROVIDERS": json.dumps({"github": {"client_id": "x"}})},
                          work_dir, "mcp_server_bare")
     try:
         signer = AssertionSigner(load_private_key(internal_keys.private.read_bytes()))
         headers = {"Authorization": "Bearer " + signer.sign(CallerIdentity("acme", "bob", "r1")),
                    "Accept": "application/json, text/event-stream"}
         answers = []
-        for tool, arguments in (("echo", {"text": "hi"}), ("github_whoami", {})):
-            body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                    "params": {"name": tool, "arguments": arguments}}
+        for method, params in (
+            ("tools/call", {"name": "echo", "arguments": {"text": "hi"}}),
+            ("tools/call", {"name": "github_whoami", "arguments": {}}),
+            ("tools/list", {}),
+        ):
+            body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
             answers.append(httpx.post(bare.url + "/mcp", json=body, headers=headers).text)
     finally:
         bare.stop()
     assert '"text":"hi"' in answers[0].replace(" ", "")
-    assert "provider 'github' is not configured on this Gatehouse server" in answers[1]
+    assert "Unknown tool: 'github_whoami'" in answers[1]
+    listed = set(re.findall(r'"name":"([a-z_]+)"', answers[2].replace(" ", "")))
+    assert listed == {"echo", "whoami", "count"}
