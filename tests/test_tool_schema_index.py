@@ -6,6 +6,7 @@ that carries arguments, only to check its ``Mcp-Param-*`` headers: about 1 ms of
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -25,6 +26,8 @@ from mcp_server.auth import AssertionMiddleware
 from mcp_server.lifespan import index_tool_schemas
 from mcp_server.settings import McpServerSettings
 from oauth.assertion import AssertionSigner, AssertionVerifier, CallerIdentity
+from oauth.keyring import generate_entry
+from tests.support.databases import Database
 
 VERSION = "2026-07-28"
 
@@ -106,3 +109,24 @@ def test_mcp_param_headers_are_still_checked_against_the_schema() -> None:
         status, _ = call(client, "route", {"region": "eu"})  # the header is missing
         assert status == 400
     assert counter.listings == 0
+
+
+def test_enabled_providers_tools_are_indexed_and_removed_with_the_lifespan(
+    work_dir: Path, database: Database, redis_url: str
+) -> None:
+    """Provider tools are registered by the lifespan (only enabled providers have tools), so
+    the index must be built after them; when the lifespan ends they go again."""
+    settings = McpServerSettings(
+        internal_public_key_file=work_dir / "unused.pub", database_url=database.app_url,
+        redis_url=redis_url, token_keys=generate_entry("index"),  # type: ignore[arg-type]
+        providers={"github": {"client_id": "gatehouse-test"}},  # type: ignore[dict-item]
+    )
+    server = build_mcp(settings)
+    with TestClient(server.http_app(path="/mcp", stateless_http=True)):
+        lookup = server._mcp_server.get_tool_input_schema
+        assert lookup is not None
+        schema = lookup("github_search_issues")
+        assert schema is not None and "query" in schema["properties"]
+        assert lookup("echo") is not None
+    after = asyncio.run(server.list_tools(run_middleware=False))
+    assert {tool.name for tool in after} == {"echo", "whoami", "count"}
