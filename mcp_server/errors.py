@@ -1,4 +1,4 @@
-"""Errors of mcp_server, and the one place where lower packages' errors become MCP answers.
+"""Errors of mcp_server, and the translation of lower packages' errors into MCP answers.
 
     McpServerError
     ├── NoVerifiedCaller      a tool ran without a verified caller (AssertionMiddleware missing)
