@@ -7,26 +7,28 @@ lags by at most the flush interval, and never moves backwards.
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
 
 import asyncpg
 
 from gateway.audit import SystemTenant
+from gateway.sessions import Session
 from sql import QUERIES, rls_transaction
 
 
 class SessionActivity:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._pending: dict[tuple[str, str], datetime] = {}
+        self._pending: dict[tuple[str, uuid.UUID], datetime] = {}
 
-    def touch(self, org_id: str, session_id: str) -> None:
-        self._pending[(org_id, session_id)] = datetime.now(UTC)
+    def touch(self, session: Session) -> None:
+        self._pending[(session.org_id, session.id)] = datetime.now(UTC)
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, {}
-        by_org: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
+        by_org: dict[str, list[tuple[uuid.UUID, datetime]]] = defaultdict(list)
         for (org_id, session_id), used_at in pending.items():
             by_org[org_id].append((session_id, used_at))
         for org_id, uses in by_org.items():

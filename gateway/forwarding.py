@@ -13,11 +13,9 @@ from __future__ import annotations
 import time
 
 import aiohttp
-from asyncpg import Record
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.sessions import usable_session
 from gateway.asgi import header
 from gateway.audit import AuditEntry
 from gateway.auth import principal_of
@@ -32,6 +30,7 @@ from gateway.mcp_prompts import (
 from gateway.permissions import require
 from gateway.prompting import compose_for
 from gateway.services import Services, services_of
+from gateway.sessions import Session, usable
 from oauth.assertion import CallerIdentity
 from sql import rls_transaction
 
@@ -107,7 +106,7 @@ class McpForwarder:
 
     async def _deliver_prompt(
         self, services: Services, scope: Scope, body: bytes, receive: Receive, send: Send,
-        session: Record, message: RpcMessage,
+        session: Session, message: RpcMessage,
     ) -> bool:
         """Answer or rewrite the exchanges that carry the session's system prompt; whether it
         did (see :mod:`gateway.mcp_prompts`)."""
@@ -134,7 +133,7 @@ class McpForwarder:
         return True
 
     def _audit_tool_call(
-        self, services: Services, scope: Scope, message: RpcMessage, session: Record | None,
+        self, services: Services, scope: Scope, message: RpcMessage, session: Session | None,
         succeeded: bool, started: float,
     ) -> None:
         """Queue the call's audit entry: tool, outcome and duration, never arguments or results."""
@@ -143,7 +142,7 @@ class McpForwarder:
             "duration_ms": round((time.perf_counter() - started) * 1000, 2)
         }
         if session is not None:
-            details["session_id"] = str(session["id"])
+            details["session_id"] = str(session.id)
         services.audit.enqueue(AuditEntry(
             principal.org_id, principal.user_id, "tool.call",
             "success" if succeeded else "failure", target=f"tool:{message.name or ''}",
@@ -154,18 +153,18 @@ class McpForwarder:
         if message.method == "tools/call":
             require(principal_of(scope), "tools:call")
 
-    async def _session(self, services: Services, scope: Scope) -> Record | None:
+    async def _session(self, services: Services, scope: Scope) -> Session | None:
         """The session named in the path, which the caller must own and which must be active;
         ``None`` for the user's default context (``/mcp``)."""
         raw = scope.get("path_params", {}).get("session_id")
         if raw is None:
             return None
-        row = await usable_session(services.pool, principal_of(scope), raw)
-        services.activity.touch(row["org_id"], str(row["id"]))
-        return row
+        session = await usable(services.pool, principal_of(scope), raw)
+        services.activity.touch(session)
+        return session
 
     def _headers(
-        self, services: Services, scope: Scope, session: Record | None
+        self, services: Services, scope: Scope, session: Session | None
     ) -> dict[str, str]:
         principal = principal_of(scope)
         state = scope["state"]
@@ -180,10 +179,8 @@ class McpForwarder:
             roles=principal.roles,
             request_id=state["request_id"],
             traceparent=state["traceparent"],
-            session_id=str(session["id"]) if session else None,
-            allowed_tools=tuple(session["allowed_tools"])
-            if session and session["allowed_tools"] is not None
-            else None,
+            session_id=str(session.id) if session else None,
+            allowed_tools=session.allowed_tools if session else None,
         )
         headers["authorization"] = "Bearer " + services.signer.sign(caller)
         headers["x-request-id"] = state["request_id"]
@@ -191,7 +188,7 @@ class McpForwarder:
         return headers
 
     async def _forward(
-        self, services: Services, scope: Scope, body: bytes, send: Send, session: Record | None
+        self, services: Services, scope: Scope, body: bytes, send: Send, session: Session | None
     ) -> bool:
         """Relay the exchange; whether it succeeded (2xx, and no error in what was relayed)."""
         upstream = await self._open(services, scope, body, session)
@@ -209,7 +206,7 @@ class McpForwarder:
         return clean and 200 <= upstream.status < 300
 
     async def _open(
-        self, services: Services, scope: Scope, body: bytes, session: Record | None
+        self, services: Services, scope: Scope, body: bytes, session: Session | None
     ) -> aiohttp.ClientResponse:
         try:
             return await services.http.request(

@@ -15,15 +15,13 @@ unambiguously: each identifier is percent-encoded (:func:`resilience.keys.key_of
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Mapping
-from typing import Any
 
 from asyncpg import Record
 from asyncpg.pool import PoolConnectionProxy
 
 from gateway.errors import InvalidInput
 from gateway.principal import Principal
+from gateway.sessions import Session
 from prompts import (
     ComposedPrompt,
     Layer,
@@ -64,21 +62,20 @@ def _layer(row: Record) -> Layer:
                  str(row["version"]), row["source"])
 
 
-def session_layer(session: Record) -> Layer | None:
-    prompt = session["prompt"]
+def session_layer(session: Session) -> Layer | None:
+    prompt = session.prompt
     if not prompt:
         return None
     # The session's prompt is not versioned in a table; its digest identifies the text.
     digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]
-    return Layer(LayerKind.SESSION, session_layer_id(session["id"]), digest, prompt)
+    return Layer(LayerKind.SESSION, session_layer_id(session.id), digest, prompt)
 
 
-def variables(principal: Principal, session: Record | None) -> PromptVariables:
-    session_vars: Mapping[str, Any] = json.loads(session["variables"]) if session else {}
+def variables(principal: Principal, session: Session | None) -> PromptVariables:
     return PromptVariables(
         org={"id": principal.org_id},
         user={"id": principal.user_id, "roles": list(principal.roles), **principal.profile},
-        session=session_vars,
+        session=session.variables if session else {},
     )
 
 
@@ -93,7 +90,7 @@ async def compose_for(
     conn: PoolConnectionProxy,
     composer: PromptComposer,
     principal: Principal,
-    session: Record | None,
+    session: Session | None,
 ) -> ComposedPrompt:
     layers = await saved_layers(conn, principal)
     own = session_layer(session) if session is not None else None

@@ -8,7 +8,7 @@ the ``gatehouse_app`` role, through ``sql.rls_transaction`` exactly as the gatew
 
 (a) ``GET /v1/sessions/{id}``: the ``get_session`` query in an RLS transaction, for random
     existing ids of random organisations, one at a time;
-(b) the session check of ``/mcp/{session_id}``: ``gateway.api.sessions.usable_session`` itself,
+(b) the session check of ``/mcp/{session_id}``: ``gateway.sessions.usable`` itself,
     for random active sessions, one at a time;
 (c) ``EXPLAIN (ANALYZE, BUFFERS)`` of the lookup inside an RLS transaction as the app role, as
     the custom plan a first execution gets and as the generic plan a cached prepared statement
@@ -39,10 +39,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from gateway.api.sessions import usable_session
 from gateway.audit import AuditEntry
 from gateway.errors import NotFound
 from gateway.principal import Principal
+from gateway.sessions import usable
 from sql import QUERIES, apply_migrations, create_pool, rls_transaction
 
 TARGET_P50_MS = 2.0
@@ -261,7 +261,7 @@ async def mcp_session_check(pool: asyncpg.Pool, target: Target) -> None:
     """The session check of ``/mcp/{session_id}``: the gateway's own function."""
     principal = Principal(target.org_id, target.user_id, ("member",), frozenset())
     try:
-        await usable_session(pool, principal, str(target.session_id))
+        await usable(pool, principal, str(target.session_id))
     except NotFound as exc:
         raise RuntimeError(f"session {target.session_id} not usable") from exc
 
@@ -400,7 +400,7 @@ async def run(args: argparse.Namespace) -> None:
             results = [
                 await timed_serially("(a) GET /v1/sessions/{id}: rls_transaction + get_session",
                                      by_id, lambda t: get_session(pool, t), warmup),
-                await timed_serially("(b) /mcp/{session_id} check: usable_session",
+                await timed_serially("(b) /mcp/{session_id} check: sessions.usable",
                                      usable, lambda t: mcp_session_check(pool, t), warmup),
             ]
             for result in results:

@@ -23,7 +23,6 @@ from gateway.api.models import (
     PromptVersion,
     PromptVersionSummary,
 )
-from gateway.api.sessions import fetch_visible, parse_id
 from gateway.audit import AuditEntry, SystemTenant
 from gateway.errors import Forbidden, NotFound
 from gateway.idempotency import claim_key
@@ -37,6 +36,7 @@ from gateway.prompting import (
     layers_used,
     saved_layers,
 )
+from gateway.sessions import parse_id, visible
 from prompts import SAMPLE_VARIABLES, ComposedPrompt, LayerKind, PromptError, PromptVariables
 from sql import QUERIES, Tenant, rls_transaction
 
@@ -183,7 +183,7 @@ def _composed(composed: ComposedPrompt) -> Response:
 async def session_system_prompt(call: Call) -> Response:
     session_id = parse_id(call.path("session_id"))
     async with rls_transaction(call.services.pool, call.principal) as conn:
-        session = await fetch_visible(conn, call.principal, session_id)
+        session = await visible(conn, call.principal, session_id)
         composed = await compose_for(conn, call.services.composer, call.principal, session)
     return _composed(composed)
 
