@@ -1,0 +1,98 @@
+{{- define "gatehouse.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gatehouse.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "gateway") */}}
+{{- define "gatehouse.selectorLabels" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "gatehouse.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "gatehouse.gatewaySecret" -}}
+{{ .Values.secrets.existingGatewaySecret | default (printf "%s-gateway" (include "gatehouse.fullname" .)) }}
+{{- end -}}
+
+{{- define "gatehouse.mcpServerSecret" -}}
+{{ .Values.secrets.existingMcpServerSecret | default (printf "%s-mcp-server" (include "gatehouse.fullname" .)) }}
+{{- end -}}
+
+{{- define "gatehouse.migrationSecret" -}}
+{{ .Values.secrets.existingMigrationSecret | default (printf "%s-migration" (include "gatehouse.fullname" .)) }}
+{{- end -}}
+
+{{/* Non-root, no privileges; the image writes nothing outside /tmp. */}}
+{{- define "gatehouse.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "gatehouse.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{/* Probes of a component: (dict "port" 8000 "ready" "/readyz") */}}
+{{- define "gatehouse.probes" -}}
+startupProbe:
+  httpGet: { path: /healthz, port: {{ .port }} }
+  periodSeconds: 2
+  failureThreshold: 30
+livenessProbe:
+  httpGet: { path: /healthz, port: {{ .port }} }
+  periodSeconds: 10
+  timeoutSeconds: 3
+  failureThreshold: 3
+readinessProbe:
+  httpGet: { path: {{ .ready }}, port: {{ .port }} }
+  periodSeconds: 5
+  timeoutSeconds: 3
+  failureThreshold: 2
+{{- end -}}
+
+{{/* uvicorn serving a factory: (dict "factory" "gateway.app:create_app" "port" 8000) */}}
+{{- define "gatehouse.uvicornArgs" -}}
+- uvicorn
+- --factory
+- {{ .factory }}
+- --host
+- 0.0.0.0
+- --port
+- {{ .port | quote }}
+- --no-access-log
+- --timeout-graceful-shutdown
+- "20"
+{{- end -}}
+
+{{- define "gatehouse.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    medium: Memory
+    sizeLimit: 64Mi
+{{- end -}}
