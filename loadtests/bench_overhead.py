@@ -15,9 +15,9 @@ that completed within it; its CPU per call divides by every call it made (those 
 the deadline included).
 
 Self-contained: it creates a scratch database (``GATEHOUSE_TEST_ADMIN_DATABASE_URL``, default
-the local postgres superuser; embedded when unset and no server answers) and uses a Redis
-database it may write to, and starts every process itself on free loopback ports with the
-command ``gatehouse up`` uses, and stops them all at the end::
+the local postgres superuser) and uses a Redis database it may write to
+(``GATEHOUSE_TEST_REDIS_URL`` or ``--redis-url``), starts every process itself on free loopback
+ports with the command ``gatehouse up`` uses, and stops them all at the end::
 
     python -m loadtests.bench_overhead [--seconds 5] [--tracing off|on|both] [--json]
 
