@@ -13,18 +13,24 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
 
 from oauth.keyring import Keyring
 from oauth.keys import load_private_key, load_public_key
+from tests.support.databases import Database
+from tests.support.oidc_provider import OidcProvider
+from tests.support.processes import Server, free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -216,6 +222,101 @@ def test_init_secrets_makes_keys_the_processes_load(tmp_path: Path) -> None:
     before = (target / "token_keys").read_text()
     assert _run(["sh", str(DOCKER / "init-secrets.sh"), str(target)]).returncode == 0
     assert (target / "token_keys").read_text() == before  # re-running never rotates a key
+
+
+@pytest.fixture(scope="module")
+def container_root() -> Iterator[Path]:
+    """Secrets from init-secrets.sh in a folder outside pytest's tmp (which the read-only
+    namespace below would not hide, but keeps paths short)."""
+    root = Path(tempfile.mkdtemp(prefix="gatehouse-deploy-"))
+    result = _run(["sh", str(DOCKER / "init-secrets.sh"), str(root / "secrets")])
+    assert result.returncode == 0, result.stderr
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# In a private mount namespace: the root filesystem read-only, a tmpfs as the only writable
+# place (as compose's read_only + tmpfs and the chart's readOnlyRootFilesystem + emptyDir).
+_READ_ONLY = 'mount -o remount,bind,ro / && mount -t tmpfs -o size=64m tmpfs "$TMPDIR" && exec "$@"'
+
+
+def _as_container(
+    service: dict[str, Any], env: dict[str, str], root: Path, name: str
+) -> Server:
+    """Run a compose service's command through the image's entrypoint on a read-only root
+    filesystem, with its compose secrets (and only those) as files."""
+    unshare = _tool("unshare", "util-linux")
+    secrets = root / name
+    secrets.mkdir()
+    for secret in service["secrets"]:
+        shutil.copyfile(root / "secrets" / secret["source"],
+                        secrets / secret.get("target", secret["source"]))
+    scratch = root / f"{name}-tmp"
+    scratch.mkdir()
+    port = free_port()
+    command = list(service["command"])
+    command[command.index("--host") + 1] = "127.0.0.1"
+    command[command.index("--port") + 1] = str(port)
+    full_env = {
+        **{k: v.replace("/run/secrets", str(secrets)) for k, v in env.items()},
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "HOME": "/nonexistent", "TMPDIR": str(scratch), "PYTHONDONTWRITEBYTECODE": "1",
+        "GATEHOUSE_SECRETS_DIR": str(secrets),
+    }
+    namespace = [unshare, "--mount"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    argv = [*namespace, "sh", "-c", _READ_ONLY, "sh", "sh", str(DOCKER / "entrypoint.sh"),
+            *command]
+    log = root / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, env=full_env, cwd=root, stdout=out, stderr=out)
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    wait_healthy(server)
+    return server
+
+
+def _compose_env_for(
+    service: dict[str, Any], overrides: dict[str, str]
+) -> dict[str, str]:
+    env: dict[str, str] = {k: str(v) for k, v in service["environment"].items()}
+    assert set(overrides) <= set(env), set(overrides) - set(env)  # names the compose file sets
+    return {**env, **overrides}
+
+
+def test_compose_services_run_on_a_read_only_filesystem_with_their_secrets(
+    compose: dict[str, Any], container_root: Path, database: Database, redis_url: str,
+    idp: OidcProvider,
+) -> None:
+    """mcp_server and gateway as compose defines them (commands, settings, secret files via the
+    entrypoint), addresses swapped for loopback, on a read-only root filesystem: both start,
+    the gateway is ready and nothing tried to write."""
+    services = compose["services"]
+    data = {"GATEHOUSE_DATABASE_URL": database.app_url, "GATEHOUSE_REDIS_URL": redis_url}
+    server = _as_container(
+        services["mcp-server-1"], _compose_env_for(services["mcp-server-1"], data),
+        container_root, "mcp-server",
+    )
+    gateway_port_env = {
+        **data, "GATEHOUSE_MCP_SERVER_URL": server.url + "/mcp",
+        "GATEHOUSE_ISSUER": idp.issuer, "GATEHOUSE_JWKS_URL": idp.jwks_url,
+        "GATEHOUSE_AUDIENCE": idp.audience,
+    }
+    gateway = None
+    try:
+        gateway = _as_container(
+            services["gateway-1"], _compose_env_for(services["gateway-1"], gateway_port_env),
+            container_root, "gateway",
+        )
+        ready = httpx.get(gateway.url + "/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        assert all(check["ok"] for check in ready.json()["checks"].values())
+    finally:
+        for process in (gateway, server):
+            if process is not None:
+                process.stop()
+    for process in (gateway, server):
+        assert process is not None
+        log = process.log_text()
+        assert "Traceback" not in log and "Read-only file system" not in log, log
 
 
 # --- HAProxy and Prometheus -----------------------------------------------------------------
