@@ -425,6 +425,22 @@ def test_every_manifest_is_valid_kubernetes(manifests: list[Manifest], version: 
     assert not errors, "\n".join(errors)
 
 
+def test_chart_with_secrets_managed_elsewhere_is_valid() -> None:
+    """secrets.create false: no Secret is rendered, the pods and the Job use the named ones."""
+    existing = {"create": False, "existingGatewaySecret": "gw", "existingMcpServerSecret": "mcp",
+                "existingMigrationSecret": "mig"}
+    fixed = {"enabled": False, "minReplicas": 1, "maxReplicas": 2,
+             "targetCPUUtilizationPercentage": 50}
+    manifests = _render({"secrets": existing, "gateway": {"autoscaling": fixed}})
+    assert not [m for m in manifests if m["kind"] == "Secret"]
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, K8S_VERSIONS[-1], strict=True)
+    used = {name for _, spec in _pod_specs(manifests)
+            for name, _ in _secret_keys_used(spec)}
+    assert used == {"gw", "mcp", "mig"}
+    assert _kind(manifests, "Deployment")["gh-gatehouse-gateway"]["spec"]["replicas"] == 2
+
+
 def test_values_schema_rejects_bad_values() -> None:
     with pytest.raises(helm.HelmError, match="replicas"):
         _render({"secrets": CHART_SECRETS, "gateway": {"replicas": "two"}})
