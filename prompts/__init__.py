@@ -4,8 +4,9 @@ Layers (global → organisation → user → session) are templates made of name
 (:mod:`prompts.sections` documents the syntax, :mod:`prompts.compose` the rules). Variables
 are plain data and every value a template prints is cleaned and fenced into a data block
 (:mod:`prompts.sanitize`). Rendering is sandboxed and bounded (:mod:`prompts.sandbox`,
-:mod:`prompts.limits`). Plain arguments in, values out: no I/O, no environment, no clock
-except the one passed in.
+:mod:`prompts.limits`). Validation refuses text that would not compose for a caller with only
+the guaranteed variables (:mod:`prompts.guarantees`). Plain arguments in, values out: no I/O,
+no environment, no clock except the one passed in.
 
     composer = PromptComposer()
     composer.validate(source, kind=LayerKind.USER, above=[global_layer, org_layer])
@@ -17,6 +18,7 @@ from prompts.composer import SAMPLE_VARIABLES, ComposerStats, PromptComposer, ut
 from prompts.errors import (
     InvalidLayers,
     InvalidVariables,
+    NotGuaranteed,
     PromptError,
     RenderFailed,
     RenderLimitExceeded,
@@ -47,6 +49,7 @@ __all__ = [
     "Layer",
     "LayerKind",
     "LayerRef",
+    "NotGuaranteed",
     "PromptComposer",
     "PromptError",
     "PromptVariables",

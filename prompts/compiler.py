@@ -16,7 +16,7 @@ from jinja2 import Template, TemplateSyntaxError
 
 from prompts.checks import Refusal, add_guards, check
 from prompts.errors import TemplateInvalid, UnsafeTemplate
-from prompts.model import Layer, LayerRef, SectionSpec
+from prompts.model import Layer, LayerRef, SectionSpec, mark_layer
 from prompts.sandbox import PromptEnvironment
 from prompts.sanitize import first_invisible
 from prompts.sections import SectionSource, split_sections
@@ -30,6 +30,8 @@ class CompiledSection:
     template: Template
     line_offset: int
     filename: str
+    layer: LayerRef
+    body: str  # to locate render errors by column
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,7 @@ def compile_layer(environment: PromptEnvironment, layer: Layer) -> CompiledLayer
             compiled.append(result)
             nodes_left -= nodes_used
     except TemplateInvalid as exc:
-        exc.layer_id = layer.layer_id
+        mark_layer(exc, layer.ref)
         raise
     return CompiledLayer(layer.ref, tuple(compiled))
 
@@ -92,14 +94,27 @@ def _compile_section(
     template = environment.template_class.from_code(
         environment, code, environment.make_globals(None)
     )
-    return CompiledSection(section.spec, template, section.line_offset, filename), nodes_used
+    compiled = CompiledSection(
+        section.spec, template, section.line_offset, filename, layer.ref, section.body
+    )
+    return compiled, nodes_used
 
 
 def _located(
     kind: type[TemplateInvalid], message: str, lineno: int, needle: str, section: SectionSource
 ) -> TemplateInvalid:
-    lines = section.body.split("\n")
-    text = lines[lineno - 1] if 0 < lineno <= len(lines) else ""
-    found = text.find(needle) if needle else -1
-    column = found + 1 if found >= 0 else len(text) - len(text.lstrip()) + 1
+    column = column_of(section.body, lineno, needle)
     return kind(message, line=section.line_offset + lineno, column=column)
+
+
+def column_of(body: str, lineno: int, needle: str, occurrence: int = 0) -> int:
+    """1-based column of the ``occurrence``-th ``needle`` on line ``lineno`` of ``body``, or
+    of the line's first non-blank character when it is not there."""
+    lines = body.split("\n")
+    text = lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+    found = -1
+    for _ in range(occurrence + 1):
+        found = text.find(needle, found + 1) if needle else -1
+        if found < 0:
+            break
+    return found + 1 if found >= 0 else len(text) - len(text.lstrip()) + 1

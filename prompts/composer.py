@@ -19,26 +19,38 @@ arguments, so tests (and the gateway) control both.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from prompts.cache import LockedLRU
 from prompts.compiler import CompiledLayer, compile_layer
 from prompts.compose import check_locks, ordered, plan
-from prompts.errors import InvalidLayers, InvalidVariables, TemplateInvalid
+from prompts.errors import InvalidLayers, InvalidVariables, PromptError, TemplateInvalid
+from prompts.guarantees import Guaranteed, check_guarantees
 from prompts.limits import RenderBudget, RenderLimits
-from prompts.model import ComposedPrompt, Layer, LayerKind, PromptVariables, SectionSpec
+from prompts.model import (
+    UNSAVED_VERSION,
+    ComposedPrompt,
+    Layer,
+    LayerKind,
+    PromptVariables,
+    SectionSpec,
+    mark_layer,
+)
 from prompts.render import render_plan
 from prompts.sandbox import PromptEnvironment
 from prompts.sanitize import new_block_id
+from prompts.sections import split_sections
 
-UNSAVED_VERSION = "unsaved"
 SAMPLE_VARIABLES = PromptVariables(
     org={"id": "org_example", "name": "Example Org", "plan": "business"},
     user={"id": "user_example", "name": "Sample User", "email": "sample@example.com"},
     session={"topic": "sample topic"},
 )
+# What every caller has (see prompts.guarantees): the variables a layer is test-rendered with.
+GUARANTEED_ORG = {"id": "org_example"}
+GUARANTEED_USER = {"id": "user_example", "roles": ["member"]}
 
 
 def utc_today() -> date:
@@ -103,17 +115,68 @@ class PromptComposer:
         kind: LayerKind,
         layer_id: str = "unsaved",
         above: Sequence[Layer] = (),
+        below: Sequence[Layer] = (),
+        session_variables: Mapping[str, object] | None = None,
     ) -> tuple[SectionSpec, ...]:
-        """Check unsaved source: syntax, sandbox policy, size, and locks set by ``above``.
+        """Check unsaved source: syntax, sandbox policy, size, locks set by ``above``, and that
+        it composes for every caller.
 
-        Raises :class:`~prompts.errors.TemplateInvalid` (or a subclass) with line and column.
+        "Every caller" means one with only the guaranteed variables (``org.id``, ``user.id``,
+        ``user.roles``, ``today``; no session variables, or for a session's own prompt those in
+        ``session_variables``, all of them when that is ``None``): an optional variable used
+        unguarded is refused (:class:`~prompts.errors.NotGuaranteed`), then the text is
+        rendered between ``above`` and ``below`` with those variables, under the render budget.
+        Raises a :class:`~prompts.errors.PromptError` with line and column.
         """
-        candidate = compile_layer(self._environment, Layer(kind, layer_id, UNSAVED_VERSION, source))
-        earlier = ordered(above)
+        unsaved = Layer(kind, layer_id, UNSAVED_VERSION, source)
+        candidate = compile_layer(self._environment, unsaved)
+        earlier, later = ordered(above), ordered(below)
         if any(layer.kind >= kind for layer in earlier):
             raise InvalidLayers("'above' may only hold layers composed before this one")
+        if any(layer.kind <= kind for layer in later):
+            raise InvalidLayers("'below' may only hold layers composed after this one")
         check_locks(candidate, plan([self._compile(layer) for layer in earlier]))
+        session = {} if kind is not LayerKind.SESSION else session_variables
+        self._check_guarantees(unsaved, Guaranteed.with_session(session))
+        if session is not None:
+            self._trial(candidate, earlier, later, session)
         return candidate.specs
+
+    def _check_guarantees(self, layer: Layer, guaranteed: Guaranteed) -> None:
+        try:
+            for section in split_sections(layer.source, self.limits):
+                tree = self._environment.parse(section.body)
+                check_guarantees(tree, guaranteed, section.body, section.line_offset)
+        except PromptError as exc:
+            mark_layer(exc, layer.ref)
+            raise
+
+    def _trial(
+        self,
+        candidate: CompiledLayer,
+        above: Sequence[Layer],
+        below: Sequence[Layer],
+        session: Mapping[str, object],
+    ) -> None:
+        """Render ``candidate`` as composition would, for a caller with only the guaranteed
+        variables; a failure in another layer is that layer's, so it is tried alone then."""
+        variables = PromptVariables(org=GUARANTEED_ORG, user=GUARANTEED_USER, session=session)
+        self._check_variables(variables)
+        chain = [self._compile(layer) for layer in above]
+        chain += [compiled for layer in below if (compiled := self._compiled_or_none(layer))]
+        chain.insert(len(above), candidate)
+        try:
+            self._render(chain, variables, self._clock())
+        except PromptError as exc:
+            if exc.layer == candidate.ref.kind.label:
+                raise
+            self._render([candidate], variables, self._clock())
+
+    def _compiled_or_none(self, layer: Layer) -> CompiledLayer | None:
+        try:
+            return self._compile(layer)
+        except TemplateInvalid:
+            return None
 
     def preview(
         self,

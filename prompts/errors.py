@@ -7,6 +7,7 @@ hierarchy where they are caught, so no Jinja2 exception ever escapes the package
     PromptError
     ├── TemplateInvalid          source problem, with line and column (1-based)
     │   ├── UnsafeTemplate       sandbox escape attempt or refused construct
+    │   ├── NotGuaranteed        an optional variable used without ``default`` or ``is defined``
     │   └── SectionLocked        a layer touches a section an earlier layer locked
     ├── RenderLimitExceeded      output cap, render budget, operator or range limit
     ├── RenderFailed             runtime error in a valid template (e.g. undefined variable)
@@ -21,7 +22,10 @@ class PromptError(Exception):
     """Root of every error raised by :mod:`prompts`.
 
     ``line`` and ``column`` are 1-based positions in the layer source when known. ``layer_id``
-    names the layer the problem came from when known.
+    names the layer the problem came from when known; ``layer`` (``"organization"``) and
+    ``version`` name it the way people do, and ``str()`` starts with them, so an error met while
+    composing says which saved version to fix: ``organization layer version 3: line 2,
+    column 5: ...``.
     """
 
     def __init__(
@@ -37,14 +41,21 @@ class PromptError(Exception):
         self.line = line
         self.column = column
         self.layer_id = layer_id
+        self.layer: str | None = None
+        self.version: str | None = None
+
+    def in_layer(self, layer_id: str, layer: str, version: str | None) -> None:
+        """Record which layer (and version, when it has one people know) the error is in."""
+        self.layer_id, self.layer, self.version = layer_id, layer, version
 
     def __str__(self) -> str:
-        where = ""
+        parts = []
+        if self.layer is not None:
+            named = f"{self.layer} layer"
+            parts.append(f"{named} version {self.version}" if self.version else named)
         if self.line is not None:
-            where = f" (line {self.line}, column {self.column or 1})"
-        if self.layer_id is not None:
-            where = f"{where} in layer {self.layer_id!r}"
-        return f"{self.message}{where}"
+            parts.append(f"line {self.line}, column {self.column or 1}")
+        return ": ".join([*parts, self.message])
 
 
 class TemplateInvalid(PromptError):
@@ -53,6 +64,15 @@ class TemplateInvalid(PromptError):
 
 class UnsafeTemplate(TemplateInvalid):
     """The template tried something the sandbox refuses (attribute escape, include, ...)."""
+
+
+class NotGuaranteed(TemplateInvalid):
+    """The layer uses a variable not every caller has (``user.name``) without a guard, so it
+    would fail for those callers; ``variable`` is its dotted name."""
+
+    def __init__(self, message: str, *, variable: str, line: int, column: int) -> None:
+        super().__init__(message, line=line, column=column)
+        self.variable = variable
 
 
 class SectionLocked(TemplateInvalid):

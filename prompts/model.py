@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, NamedTuple
 
-from prompts.errors import InvalidVariables
+from prompts.errors import InvalidVariables, PromptError
+
+# The version of text being validated or previewed, which is not saved yet.
+UNSAVED_VERSION = "unsaved"
 
 
 class LayerKind(enum.IntEnum):
@@ -28,6 +31,18 @@ class LayerKind(enum.IntEnum):
     ORGANISATION = 1
     USER = 2
     SESSION = 3
+
+    @property
+    def label(self) -> str:
+        """How people (and the gateway's API) name layers of this kind in messages."""
+        return "organization" if self is LayerKind.ORGANISATION else self.name.lower()
+
+
+def mark_layer(exc: PromptError, ref: LayerRef) -> None:
+    """Name ``ref`` in ``exc``: its version only when people know it (a saved layer's number;
+    not a session prompt's digest, not unsaved text)."""
+    unversioned = ref.kind is LayerKind.SESSION or ref.version == UNSAVED_VERSION
+    exc.in_layer(ref.layer_id, ref.kind.label, None if unversioned else ref.version)
 
 
 class SectionMode(enum.Enum):

@@ -8,6 +8,7 @@ translated here into :mod:`prompts.errors`, with the template line when the trac
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import date
 from types import TracebackType
@@ -16,13 +17,14 @@ from typing import Any
 from jinja2 import TemplateError, UndefinedError
 from jinja2.exceptions import SecurityError
 
-from prompts.compiler import CompiledLayer, CompiledSection
+from prompts.compiler import CompiledLayer, CompiledSection, column_of
 from prompts.compose import Plan
 from prompts.errors import PromptError, RenderFailed, RenderLimitExceeded, UnsafeTemplate
 from prompts.limits import RenderBudget, active_budget, too_big
-from prompts.model import ComposedPrompt, PromptVariables
+from prompts.model import ComposedPrompt, PromptVariables, mark_layer
 
 SECTION_SEPARATOR = "\n\n"
+_QUOTED = re.compile(r"'([^']+)'")
 PART_SEPARATOR = "\n"
 
 
@@ -79,11 +81,34 @@ def render_section(
                 raise too_big("composed prompt", "max_output_chars")
             chunks.append(chunk)
     except Exception as exc:
-        raise _translate(exc, section) from None
+        error = _translate(exc, section)
+        mark_layer(error, section.layer)
+        raise error from None
     return "".join(chunks)
 
 
 def _translate(exc: Exception, section: CompiledSection) -> PromptError:
+    error = _translated(exc, section)
+    if error.line is not None and error.column is None:
+        error.column = _column(section, error.line - section.line_offset, error.message)
+    return error
+
+
+def _column(section: CompiledSection, lineno: int, message: str) -> int:
+    """Where the quoted name of ``message`` is on the line; for a missing attribute, where the
+    expression reaching it starts (``user.name``, ``user['name']``)."""
+    needle = (_QUOTED.findall(message) or [""])[-1]
+    if needle and "has no attribute" in message:
+        lines = section.body.split("\n")
+        text = lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+        key = re.escape(needle)
+        found = re.search(rf"[\w.]+\s*(?:\.\s*{key}\b|\[\s*['\"]{key}['\"])", text)
+        if found is not None:
+            return found.start() + 1
+    return column_of(section.body, lineno, needle)
+
+
+def _translated(exc: Exception, section: CompiledSection) -> PromptError:
     line = _template_line(exc.__traceback__, section)
     if isinstance(exc, PromptError):
         if exc.line is None and line is not None:

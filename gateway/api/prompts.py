@@ -3,8 +3,10 @@ each a history of versions; and the composed prompt of a session.
 
 Writes are checked by layer: the global layer needs a platform administrator, the organisation
 layer ``prompts:write``, and a user's own layer ``prompts:own``. Saving validates the text
-(syntax, sandbox, size, locked sections of the layers above) and answers 422 with the line and
-column of the problem. Every change, rollbacks included, is a new version with its author.
+(syntax, sandbox, size, locked sections of the layers above, and that it composes for a caller
+with only the guaranteed variables: see :mod:`prompts.guarantees`) and answers 422 with the line
+and column of the problem and the fix; a rollback to a version that fails so is refused the same
+way. Every change, rollbacks included, is a new version with its author.
 """
 
 from __future__ import annotations
@@ -86,12 +88,12 @@ async def _save(call: Call, layer: str, source: str, note: str) -> Response:
         claim = await claim_key(conn, call, tenant)
         if claim.replay is not None:
             return claim.replay
-        above = [
-            existing for existing in await saved_layers(conn, call.principal)
-            if existing.kind < KINDS[layer]
-        ]
+        saved, kind = await saved_layers(conn, call.principal), KINDS[layer]
         try:
-            call.services.composer.validate(source, kind=KINDS[layer], above=above)
+            call.services.composer.validate(
+                source, kind=kind, above=[other for other in saved if other.kind < kind],
+                below=[other for other in saved if other.kind > kind],
+            )
         except PromptError as exc:
             raise invalid_prompt(exc, "source") from exc
         await conn.execute(QUERIES["lock_prompt_layer"], org_id, layer, owner_id)
