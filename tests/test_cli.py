@@ -3,12 +3,16 @@ both processes, a real MCP client, a clean Ctrl-C, and a second start that reuse
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
 import os
+import re
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +21,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -26,7 +31,7 @@ import pytest
 from fastmcp import Client
 from mcp_types import TextContent
 
-from gateway.cli import devissuer
+from gateway.cli import commands, devissuer
 from gateway.cli.supervisor import Backoff, ChildSpec, Supervisor, describe_exit
 from gateway.dev_issuer_keys import public_jwks
 from gateway.errors import SupervisorError
@@ -47,12 +52,16 @@ def clean_env() -> dict[str, str]:
 
 
 @contextmanager
-def gatehouse_up(cwd: Path, gateway_port: int, mcp_port: int) -> Iterator[subprocess.Popen[str]]:
+def gatehouse_up(
+    cwd: Path, gateway_port: int, mcp_port: int, data_dir: str | None = None
+) -> Iterator[subprocess.Popen[str]]:
     log_path = cwd / "up.log"
     offset = log_path.stat().st_size if log_path.exists() else 0
     log = log_path.open("a")
+    where = ["--data-dir", data_dir] if data_dir else []
     process = subprocess.Popen(
-        [*GATEHOUSE, "up", "--gateway-port", str(gateway_port), "--mcp-port", str(mcp_port)],
+        [*GATEHOUSE, *where, "up", "--gateway-port", str(gateway_port),
+         "--mcp-port", str(mcp_port)],
         cwd=cwd,
         env=clean_env(),
         stdout=log,
@@ -122,10 +131,22 @@ async def test_up_runs_everything_and_stops_cleanly(project_dir: Path) -> None:
         assert (me["org_id"], me["user_id"]) == ("acme", "alice")
         ready = httpx.get(f"http://127.0.0.1:{gateway_port}/readyz").json()
         assert ready["status"] == "ready"
+        # Beside .gatehouse/ and with no configuration, the operator commands find the cluster.
+        verified = gatehouse(tmp_path, "audit", "verify")
+        assert verified.returncode == 0 and "audit chain intact" in verified.stdout, verified
+        rotated = gatehouse(tmp_path, "keys", "rotate")
+        assert rotated.returncode == 0, rotated.stderr
+        assert "grant(s) re-encrypted" in rotated.stdout
+        assert ".gatehouse/token_keys" in rotated.stdout
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=30) == 0
     log = (tmp_path / "up.log").read_text()
     assert "embedded PostgreSQL stopped" in log and "embedded Redis stopped" in log
+    assert_root_notice(log, tmp_path)
+    # With `up` stopped, `audit verify` starts the cluster for itself and stops it again.
+    verified = gatehouse(tmp_path, "audit", "verify")
+    assert verified.returncode == 0 and "audit chain intact" in verified.stdout, verified
+    assert "embedded PostgreSQL stopped" in verified.stderr
     for port in (gateway_port, mcp_port):
         try:
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
@@ -144,6 +165,30 @@ async def test_up_runs_everything_and_stops_cleanly(project_dir: Path) -> None:
             assert await conn.fetchval("SELECT id FROM organizations") == "acme"
         finally:
             await conn.close()
+
+
+def gatehouse(cwd: Path, *argv: str, env: dict[str, str] | None = None,
+              ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GATEHOUSE, *argv], cwd=cwd, env=env or clean_env(),
+                          capture_output=True, text=True, timeout=90)
+
+
+ROOT_NOTICE = "running as root: PostgreSQL refuses to run as root, so Gatehouse"
+
+
+def assert_root_notice(log: str, project: Path) -> None:
+    """As root, `up` says what it does to the system (the pgserver user, o+x on folders),
+    before it does any of it; as anyone else it has nothing to say."""
+    if os.geteuid() != 0:
+        assert ROOT_NOTICE not in log
+        return
+    notice = next(line for line in log.splitlines() if ROOT_NOTICE in line)
+    # mkdtemp made the project 0700, so the pgserver user cannot reach it without a change.
+    assert "system user 'pgserver'" in notice and f"adds o+x (others may traverse, not list) " \
+        f"to {project}" in notice
+    assert log.index(ROOT_NOTICE) < log.index("embedded PostgreSQL ready")
+    if "granting o+x" in log:
+        assert log.index(ROOT_NOTICE) < log.index("granting o+x")
 
 
 async def test_migrate_command_applies_once_and_sets_the_app_password(
@@ -275,6 +320,194 @@ async def test_up_restarts_a_killed_mcp_server_while_the_gateway_keeps_serving(
     log = log_path.read_text()
     assert f"mcp_server (pid {old_pid}) killed by SIGKILL; restarting it in 0.5s" in log
     assert not pid_file.exists()
+
+
+# -- the CLI tells the truth (issue 12 item 3) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stack:
+    cwd: Path
+    gateway_port: int
+    mcp_port: int
+    banner: str
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """One `up` on ports and a data directory that are not the defaults, shared by the tests
+    below (each start costs seconds)."""
+    cwd = Path(tempfile.mkdtemp(prefix="gatehouse-up-"))
+    gateway_port, mcp_port = free_port(), free_port()
+    try:
+        with gatehouse_up(cwd, gateway_port, mcp_port, data_dir="state") as up:
+            yield Stack(cwd, gateway_port, mcp_port, (cwd / "up.log").read_text())
+            assert up.poll() is None, "the stack died during the tests"
+    finally:
+        shutil.rmtree(cwd, ignore_errors=True)
+
+
+async def test_the_banner_token_command_is_accepted_by_a_stack_on_other_ports(
+    stack: Stack,
+) -> None:
+    """`up --gateway-port N` once printed a command whose token that stack refused."""
+    (line,) = [ln for ln in stack.banner.splitlines() if ln.startswith("Get a token:")]
+    command = shlex.split(line.removeprefix("Get a token:"))
+    assert command[:3] == ["gatehouse", "--data-dir", "state"]
+    printed = gatehouse(stack.cwd, *command[1:])
+    assert printed.returncode == 0, printed.stderr
+    bearer = printed.stdout.strip()
+    assert await echo(stack.gateway_port, bearer, "banner") == "banner"
+    claims = jwt.decode(bearer, options={"verify_signature": False})
+    assert claims["aud"] == f"http://127.0.0.1:{stack.gateway_port}/mcp"
+    # The running stack's URL wins over a different GATEHOUSE_PUBLIC_URL in this shell.
+    other = {**clean_env(), "GATEHOUSE_PUBLIC_URL": "http://127.0.0.1:1"}
+    again = gatehouse(stack.cwd, *command[1:], env=other)
+    assert await echo(stack.gateway_port, again.stdout.strip(), "env") == "env"
+
+
+async def test_profile_claims_are_in_the_token_and_the_stack_accepts_it(stack: Stack) -> None:
+    minted = gatehouse(
+        stack.cwd, "--data-dir", "state", "token", "--org", "acme", "--user", "bob",
+        "--role", "admin", "--role", "viewer", "--name", "Bob Builder",
+        "--email", "bob@example.com", "--claim", "team=core", "--claim", 'groups=["a", 1]',
+        "--claim", "level=3", "--claim", "gatehouse_platform_admin=false")
+    assert minted.returncode == 0, minted.stderr
+    bearer = minted.stdout.strip()
+    claims = jwt.decode(bearer, options={"verify_signature": False})
+    assert (claims["name"], claims["email"]) == ("Bob Builder", "bob@example.com")
+    assert (claims["team"], claims["groups"], claims["level"]) == ("core", ["a", 1], 3)
+    assert claims["gatehouse_platform_admin"] is False
+    assert (claims["sub"], claims["org_id"]) == ("bob", "acme")
+    assert claims["roles"] == ["admin", "viewer"]
+    assert await echo(stack.gateway_port, bearer, "profile") == "profile"
+
+
+def test_a_second_up_on_the_same_data_dir_says_so_in_one_line(stack: Stack) -> None:
+    done = gatehouse(stack.cwd, "--data-dir", "state", "up", "--gateway-port",
+                     str(free_port()), "--mcp-port", str(free_port()))
+    assert done.returncode == 1
+    (line,) = done.stdout.splitlines() + done.stderr.splitlines()
+    assert "another `gatehouse up`" in line and "already running on" in line
+    assert "Traceback" not in line
+    assert httpx.get(f"http://127.0.0.1:{stack.gateway_port}/readyz").status_code == 200
+
+
+def test_a_second_up_on_the_ports_of_a_running_stack_refuses_before_starting_anything(
+    stack: Stack, project_dir: Path,
+) -> None:
+    """It used to health-check the *other* stack and print "Gatehouse is running."."""
+    done = gatehouse(project_dir, "up", "--gateway-port", str(stack.gateway_port),
+                     "--mcp-port", str(free_port()))
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"gatehouse up: port {stack.gateway_port} on 127.0.0.1 (--gateway-port) is already in "
+        "use; stop what listens there or choose another --gateway-port")
+    assert "Gatehouse is running." not in done.stdout
+    assert sorted(p.name for p in (project_dir / ".gatehouse").iterdir()) == ["up.lock"]
+
+
+@pytest.mark.parametrize("option", ["--gateway-port", "--mcp-port"])
+def test_up_refuses_a_port_someone_else_listens_on_before_starting_anything(
+    project_dir: Path, option: str,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"--gateway-port": free_port(), "--mcp-port": free_port(), option: port}
+        done = gatehouse(project_dir, "up", *(str(x) for kv in ports.items() for x in kv))
+    assert done.returncode == 1, done.stdout
+    assert done.stderr.splitlines() == [
+        f"gatehouse up: port {port} on 127.0.0.1 ({option}) is already in use; stop what "
+        f"listens there or choose another {option}"]
+    assert sorted(p.name for p in (project_dir / ".gatehouse").iterdir()) == ["up.lock"]
+
+
+def test_help_lists_every_command_and_explains_every_option(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = commands._parser()
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(subparsers.choices) == {"up", "token", "migrate", "keys", "audit"}
+    for name in subparsers.choices:
+        assert re.search(rf"^    {name} +\S", text, re.MULTILINE), f"{name} not described"
+    assert_all_explained(parser)
+
+
+def assert_all_explained(parser: argparse.ArgumentParser) -> None:
+    """Every option and every (sub)command of ``parser`` has a help text."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            described = {a.dest: a.help for a in action._get_subactions()}
+            for name, sub in action.choices.items():
+                assert described.get(name), f"{parser.prog} {name} has no description"
+                assert_all_explained(sub)
+        else:
+            assert action.help and action.help.strip(), f"{parser.prog} {action.option_strings}"
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--lifetime", "-60"], "argument --lifetime: must be a whole number of seconds from 1"),
+    (["--lifetime", "0"], "argument --lifetime: must be a whole number of seconds from 1"),
+    (["--org", ""], "argument --org: the organisation id must not be empty"),
+    (["--user", "  "], "argument --user: the user id must not be empty"),
+    (["--org", "_platform"], "would be refused by the gateway"),
+    (["--user", "al ice"], "would be refused by the gateway"),
+    (["--role", "superuser"], "unknown role 'superuser'; known roles: owner, admin, member, "
+                              "viewer"),
+    (["--public-url", "localhost:8000"], "argument --public-url: the URL must be an http(s)"),
+    (["--public-url", "http://"], "argument --public-url: the URL must be an http(s)"),
+    (["--public-url", "http://h:99999"], "argument --public-url: the URL must be an http(s)"),
+    (["--claim", "iss=https://evil"], "the 'iss' claim is reserved; use --public-url"),
+    (["--claim", "org_id=other"], "the 'org_id' claim is reserved; use --org"),
+    (["--claim", "exp=1"], "the 'exp' claim is reserved; use --lifetime"),
+    (["--claim", "name=x"], "the 'name' claim is reserved; use --name"),
+    (["--claim", "novalue"], "argument --claim: expected KEY=VALUE"),
+    (["--name", ""], "--name must not be empty"),
+])
+def test_token_refuses_bad_arguments_in_one_line(
+    argv: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    devissuer.ensure_key(tmp_path / "dev_issuer.pem")  # so only the argument can be the problem
+    # A repeated --org/--user replaces the valid one given first.
+    with pytest.raises(SystemExit) as exited:
+        commands.main(["--data-dir", str(tmp_path), "token", "--org", "acme", "--user", "alice",
+                       *argv])
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    (line,) = err.splitlines()
+    assert line.startswith("gatehouse token: ") and says in line, line
+
+
+def test_token_reads_the_settings_up_reads(tmp_path: Path) -> None:
+    """GATEHOUSE_PUBLIC_URL from .env or the environment (which wins), as `up` does."""
+    devissuer.ensure_key(tmp_path / ".gatehouse" / "dev_issuer.pem")
+    (tmp_path / ".env").write_text("GATEHOUSE_PUBLIC_URL=https://gw.example.com/\n")
+
+    def claims(env: dict[str, str]) -> dict[str, object]:
+        done = gatehouse(tmp_path, "token", "--org", "acme", "--user", "alice", env=env)
+        assert done.returncode == 0, done.stderr
+        decoded: dict[str, object] = jwt.decode(done.stdout.strip(),
+                                                options={"verify_signature": False})
+        return decoded
+
+    from_file = claims(clean_env())
+    assert (from_file["iss"], from_file["aud"]) == (
+        "https://gw.example.com/dev", "https://gw.example.com/mcp")
+    from_env = claims({**clean_env(), "GATEHOUSE_PUBLIC_URL": "http://10.0.0.5:8200",
+                       "GATEHOUSE_AUDIENCE": "api://gatehouse"})
+    assert (from_env["iss"], from_env["aud"]) == ("http://10.0.0.5:8200/dev", "api://gatehouse")
+    (tmp_path / ".env").write_text("GATEHOUSE_PUBLIC_URL=not a url\n")
+    refused = gatehouse(tmp_path, "token", "--org", "acme", "--user", "alice")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == ("gatehouse token: GATEHOUSE_PUBLIC_URL must be an http(s) "
+                                      "base URL such as http://127.0.0.1:8000, not 'not a url'")
 
 
 INITIALIZE = {

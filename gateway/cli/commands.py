@@ -1,4 +1,4 @@
-"""The ``gatehouse`` command: ``up``, ``token`` and ``migrate``.
+"""gatehouse: run the whole system on one machine (up) and operate it.
 
 ``up`` is the one command that runs everything on a laptop: with no database or Redis URL it
 starts private ones under ``./.gatehouse/``, applies migrations, creates the internal-assertion
@@ -12,16 +12,27 @@ import argparse
 import asyncio
 import logging
 import os
+import shlex
 import sys
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import NoReturn
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from tqdm import tqdm
 
-from gateway.cli import devissuer, embedded
+from gateway.cli import devissuer, devtoken, embedded, instance
+from gateway.cli.config import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_GATEWAY_PORT,
+    DEFAULT_HOST,
+    DEFAULT_MCP_PORT,
+    UpSettings,
+    audience,
+)
+from gateway.cli.config import public_url as configured_public_url
 from gateway.cli.supervisor import ChildSpec, Supervisor
-from gateway.errors import SupervisorError
+from gateway.errors import LauncherError, SupervisorError
 from oauth.keyring import Keyring, generate_entry
 from oauth.keys import ensure_private_key_file, public_pem
 from oauth.rotation import rotate
@@ -32,36 +43,30 @@ log = logging.getLogger("gatehouse")
 APP_ROLE = "gatehouse_app"
 
 
-class UpSettings(BaseSettings):
-    """What ``up`` needs to decide between embedded and configured dependencies."""
+class _Parser(argparse.ArgumentParser):
+    """A refused argument is one line on stderr and exit code 2 (argparse's code)."""
 
-    model_config = SettingsConfigDict(env_prefix="GATEHOUSE_", env_file=".env", extra="ignore")
-
-    database_url: str | None = None
-    admin_database_url: str | None = None
-    redis_url: str | None = None
-    issuer: str | None = None
-    internal_key_file: Path | None = None
-    public_url: str | None = None
-    token_keys: str | None = None
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gatehouse", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=Path(".gatehouse"))
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="gatehouse", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="where up keeps its databases, keys and PID files, and where the "
+                        "other commands find them (default: ./.gatehouse)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = commands.add_parser("up", help="run gateway and mcp_server (embedded dependencies)")
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--gateway-port", type=int, default=8000)
-    up.add_argument("--mcp-port", type=int, default=8001)
+    up = commands.add_parser(
+        "up", help="run gateway and mcp_server (embedded PostgreSQL and Redis unless configured)")
+    up.add_argument("--host", default=DEFAULT_HOST,
+                    help="address both servers listen on (default: 127.0.0.1)")
+    up.add_argument("--gateway-port", type=_port, default=DEFAULT_GATEWAY_PORT,
+                    help="the gateway's port, the one MCP clients use (default: 8000)")
+    up.add_argument("--mcp-port", type=_port, default=DEFAULT_MCP_PORT,
+                    help="mcp_server's port, reached only by the gateway (default: 8001)")
 
-    token = commands.add_parser("token", help="print a development access token")
-    token.add_argument("--org", required=True)
-    token.add_argument("--user", required=True)
-    token.add_argument("--role", action="append", dest="roles")
-    token.add_argument("--lifetime", type=int, default=3600, help="seconds")
-    token.add_argument("--public-url", default=None, help="the gateway's URL (default: as up)")
+    devtoken.add_parser(commands)
 
     migrate = commands.add_parser("migrate", help="apply database migrations")
     migrate.add_argument(
@@ -101,11 +106,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, not {value!r}")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except LauncherError as exc:  # the operator's problem, said in their terms: no traceback
+        print(f"gatehouse {args.command}: {exc.detail}", file=sys.stderr, flush=True)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "token":
-        return _token(args)
+        return devtoken.run(args)
     if args.command == "migrate":
         return _migrate(args)
     if args.command == "audit":
@@ -115,41 +134,39 @@ def main(argv: list[str] | None = None) -> int:
     return _up(args)
 
 
-def _default_public_url(port: int = 8000) -> str:
-    return os.environ.get("GATEHOUSE_PUBLIC_URL", f"http://127.0.0.1:{port}")
+@contextmanager
+def _admin_dsn(args: argparse.Namespace) -> Iterator[str | None]:
+    """The configured owner DSN; else the embedded cluster of ``--data-dir``, started if need be.
 
-
-def _token(args: argparse.Namespace) -> int:
-    key_file = args.data_dir / "dev_issuer.pem"
-    if not key_file.exists():
-        print(f"no development issuer key at {key_file}; run `gatehouse up` first", file=sys.stderr)
-        return 2
-    public_url = args.public_url or _default_public_url()
-    print(
-        devissuer.mint(
-            devissuer.ensure_key(key_file),
-            issuer=devissuer.dev_issuer(public_url),
-            audience=public_url.rstrip("/") + "/mcp",
-            org=args.org,
-            user=args.user,
-            roles=args.roles or ["member"],
-            lifetime=args.lifetime,
-        )
-    )
-    return 0
-
-
-def _admin_dsn(args: argparse.Namespace) -> str | None:
+    With ``up`` running its cluster is used as it is; otherwise it is started for the command
+    and stopped after (its lock keeps an ``up`` starting meanwhile from driving it too).
+    """
     dsn = args.database_url or UpSettings().admin_database_url
-    if not dsn:
-        print("set GATEHOUSE_ADMIN_DATABASE_URL or pass --database-url", file=sys.stderr)
-    return dsn
+    data_dir: Path = args.data_dir
+    if dsn or not (data_dir / "postgres" / "PG_VERSION").exists():
+        if not dsn:
+            print("set GATEHOUSE_ADMIN_DATABASE_URL or pass --database-url (no embedded "
+                  f"cluster in {data_dir})", file=sys.stderr)
+        yield dsn
+        return
+    running = embedded.running_admin_url(data_dir)
+    if running is not None:
+        log.info("using the embedded PostgreSQL of %s", data_dir)
+        yield running
+        return
+    postgres = embedded.start_postgres(data_dir)
+    try:
+        yield postgres.admin_url
+    finally:
+        postgres.stop()
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    dsn = _admin_dsn(args)
-    if not dsn:
-        return 2
+    with _admin_dsn(args) as dsn:
+        return _migrate_with(args, dsn) if dsn else 2
+
+
+def _migrate_with(args: argparse.Namespace, dsn: str) -> int:
     applied = asyncio.run(apply_migrations(dsn))
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
     if args.app_password_env:
@@ -162,12 +179,23 @@ def _keys(args: argparse.Namespace) -> int:
     if args.keys_command == "generate":
         print(generate_entry(args.key_id))
         return 0
-    dsn = _admin_dsn(args)
-    config = UpSettings().token_keys
-    if not dsn or not config:
+    config, source = _token_keys_config(UpSettings(), args.data_dir)
+    if not config:
         print("set GATEHOUSE_TOKEN_KEYS (new key first, old keys after)", file=sys.stderr)
         return 2
-    keyring = Keyring.parse(config)
+    with _admin_dsn(args) as dsn:
+        return _rotate(dsn, Keyring.parse(config), source) if dsn else 2
+
+
+def _token_keys_config(settings: UpSettings, data_dir: Path) -> tuple[str | None, str]:
+    """The keyring ``up`` gives mcp_server: GATEHOUSE_TOKEN_KEYS, else the data directory's."""
+    if settings.token_keys:
+        return settings.token_keys, "GATEHOUSE_TOKEN_KEYS"
+    path = data_dir / "token_keys"
+    return (path.read_text().strip() if path.exists() else None), str(path)
+
+
+def _rotate(dsn: str, keyring: Keyring, source: str) -> int:
     with tqdm(desc=f"re-encrypting under {keyring.active_id}", unit="grant") as bar:
 
         def progress(done: int, total: int) -> None:
@@ -176,15 +204,15 @@ def _keys(args: argparse.Namespace) -> int:
 
         rewritten = asyncio.run(rotate(dsn, keyring, progress))
     print(f"{rewritten} grant(s) re-encrypted; keys other than {keyring.active_id} "
-          "can now be removed from GATEHOUSE_TOKEN_KEYS")
+          f"can now be removed from {source}")
     return 0
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    dsn = _admin_dsn(args)
-    if not dsn:
-        return 2
-    report = asyncio.run(verify_audit_chain(dsn))
+    with _admin_dsn(args) as dsn:
+        if not dsn:
+            return 2
+        report = asyncio.run(verify_audit_chain(dsn))
     if report.first_break is not None:
         org_id, seq = report.first_break
         print(f"audit chain BROKEN: organisation {org_id!r}, first broken row seq={seq} "
@@ -198,8 +226,15 @@ def _up(args: argparse.Namespace) -> int:
     settings = UpSettings()
     data_dir: Path = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    public_url = settings.public_url or f"http://{args.host}:{args.gateway_port}"
+    try:
+        public_url = configured_public_url(settings, args.host, args.gateway_port)
+    except ValueError as exc:
+        raise LauncherError(str(exc)) from None
     with ExitStack() as stack:
+        # Both checks come before anything starts, so a refused `up` leaves nothing behind.
+        stack.callback(os.close, instance.hold_lock(data_dir))
+        instance.check_ports_free(
+            args.host, {"--gateway-port": args.gateway_port, "--mcp-port": args.mcp_port})
         env = _environment(settings, data_dir, stack, public_url, args)
         supervisor = Supervisor(data_dir)
         supervisor.install_signal_handlers()
@@ -207,7 +242,11 @@ def _up(args: argparse.Namespace) -> int:
         failed = _start_children(supervisor, args, env)
         if failed is not None:
             return failed
-        _banner(public_url, env, settings.issuer is None)
+        instance.publish(data_dir, instance.Running(
+            os.getpid(), public_url, env.get("GATEHOUSE_ISSUER", settings.issuer or ""),
+            audience(settings, public_url), settings.issuer is None))
+        stack.callback(instance.withdraw, data_dir)
+        _banner(public_url, env, settings.issuer is None, args.data_dir)
         return supervisor.run()
 
 
@@ -251,6 +290,9 @@ def _database(settings: UpSettings, data_dir: Path, stack: ExitStack) -> dict[st
         if settings.admin_database_url:
             asyncio.run(apply_migrations(settings.admin_database_url))
         return {}
+    notice = embedded.root_notice(data_dir)
+    if notice:
+        log.warning("%s", notice)
     postgres = embedded.start_postgres(data_dir)
     stack.callback(postgres.stop)
     applied = asyncio.run(apply_migrations(postgres.admin_url))
@@ -319,7 +361,14 @@ def _probe_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _banner(public_url: str, env: dict[str, str], dev_issuer: bool) -> None:
+def _token_command(data_dir: Path) -> str:
+    """The exact command for this stack: ``token`` finds its URL through the data directory."""
+    if data_dir == DEFAULT_DATA_DIR:
+        return "gatehouse token --org acme --user alice"
+    return f"gatehouse --data-dir {shlex.quote(str(data_dir))} token --org acme --user alice"
+
+
+def _banner(public_url: str, env: dict[str, str], dev_issuer: bool, data_dir: Path) -> None:
     lines = [
         "",
         "Gatehouse is running.",
@@ -328,9 +377,9 @@ def _banner(public_url: str, env: dict[str, str], dev_issuer: bool) -> None:
     ]
     if dev_issuer:
         lines += [
-            "  issuer      development issuer (keys in .gatehouse/)",
+            f"  issuer      development issuer (keys in {data_dir}/)",
             "",
-            "Get a token:   gatehouse token --org acme --user alice",
+            f"Get a token:   {_token_command(data_dir)}",
             f"Use it:        Authorization: Bearer <token>  against {public_url}/mcp",
         ]
     lines += ["", "Press Ctrl-C to stop.", ""]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -48,9 +50,12 @@ def mint(
     user: str,
     roles: list[str],
     lifetime: int = 3600,
+    extra: Mapping[str, Any] | None = None,
 ) -> str:
+    """An ``at+jwt`` for ``audience``; ``extra`` claims (profile, ...) never replace these."""
     now = int(time.time())
     claims = {
+        **(extra or {}),
         "iss": issuer,
         "aud": audience,
         "sub": user,

@@ -15,12 +15,19 @@ temporary directory that it deletes. Here a server lives exactly from ``start_*`
   directories above the data directory get the "others may traverse" bit (``o+x``).
 """
 
-from gateway.cli.embedded.postgres import EmbeddedPostgres, start_postgres
+from gateway.cli.embedded.postgres import (
+    EmbeddedPostgres,
+    root_notice,
+    running_admin_url,
+    start_postgres,
+)
 from gateway.cli.embedded.redis import EmbeddedRedis, start_redis
 
 __all__ = [
     "EmbeddedPostgres",
     "EmbeddedRedis",
+    "root_notice",
+    "running_admin_url",
     "start_postgres",
     "start_redis",
 ]

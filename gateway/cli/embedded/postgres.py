@@ -186,6 +186,44 @@ def _ensure_system_user(name: str) -> pwd.struct_passwd:
         ) from exc
 
 
+def root_notice(data_dir: Path) -> str | None:
+    """What starting the cluster as root changes on the system, to say before doing it."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+        user = f"runs it as the existing system user {PG_SYSTEM_USER!r}"
+    except KeyError:
+        user = f"creates the system user {PG_SYSTEM_USER!r} (no login, no home) to run it"
+    bin_dir = package_dir("pgserver") / "pginstall" / "bin"
+    closed = _untraversable(data_dir.resolve()) + _untraversable(bin_dir)
+    folders = (
+        "adds o+x (others may traverse, not list) to " + ", ".join(map(str, closed))
+        if closed else "changes no folder permissions (they are already traversable)"
+    )
+    return (
+        f"running as root: PostgreSQL refuses to run as root, so Gatehouse {user}, gives it "
+        f"{data_dir / 'postgres'}, and {folders}; to avoid this, run as a normal user or set "
+        "GATEHOUSE_DATABASE_URL"
+    )
+
+
+def _untraversable(path: Path) -> list[Path]:
+    return [d for d in [path, *path.parents] if d.exists() and not d.stat().st_mode & stat.S_IXOTH]
+
+
+def running_admin_url(data_dir: Path, database: str = "gatehouse") -> str | None:
+    """The superuser DSN of the cluster running in ``data_dir`` (under ``up``), if one is."""
+    try:
+        lines = (data_dir / "postgres" / "postmaster.pid").read_text().splitlines()
+        pid, socket_dir = int(lines[0]), lines[4].strip()
+    except (OSError, ValueError, IndexError):
+        return None
+    if not socket_dir or not pid_alive(pid):
+        return None
+    return _pg_url(PG_SUPERUSER, database, Path(socket_dir))
+
+
 def _grant_traverse(path: Path) -> None:
     """Let the ``pgserver`` user reach ``path``: add o+x (search, not list) to its ancestors."""
     for directory in [path, *path.parents]:
