@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import routes
+from gateway import dev_authorization, routes
 from gateway.activity import SessionActivity
 from gateway.api import audit as audit_api
 from gateway.api import members, openapi, sessions
@@ -159,6 +159,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
             Route("/mcp/{session_id}", forwarder, methods=["GET", "POST", "DELETE"]),
             *(endpoint.route() for endpoint in API),
             *CONNECT_ROUTES,
+            *dev_authorization.routes(resolved),  # development mode only
         ],
         middleware=[
             Middleware(RequestContextMiddleware),

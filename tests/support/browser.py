@@ -294,3 +294,87 @@ def sign_in_at_provider(authorization_url: str, login: str, *, deny: bool = Fals
                 form = {"prompt": "consent"}
             response = agent.post(location, data=form)
     raise AssertionError("the provider never redirected back")
+
+
+def start_server_on(
+    factory: str, env: dict[str, str], port: int, log_dir: Path, name: str
+) -> Server:
+    """A uvicorn server on a port chosen beforehand (for settings that must name their own
+    URL, such as an issuer under the gateway's public URL)."""
+    return _start_on(factory, env, port, log_dir, name)
+
+
+class LoopbackCallback:
+    """A native client's loopback redirect URI (RFC 8252): records the first authorization
+    response it receives and answers the browser with a short page."""
+
+    def __init__(self) -> None:
+        self.redirect_uri = ""
+        self._server: asyncio.Server | None = None
+        self._result: asyncio.Future[dict[str, str]] | None = None
+
+    async def __aenter__(self) -> LoopbackCallback:
+        self._result = asyncio.get_running_loop().create_future()
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.redirect_uri = f"http://127.0.0.1:{port}/callback"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        target = (await reader.readline()).decode("latin-1").split(" ")[1:2]
+        while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+            pass
+        assert self._result is not None
+        if target and target[0].startswith("/callback") and not self._result.done():
+            self._result.set_result(query_of(target[0]))
+        body = b"<!doctype html><p>Signed in. You can close this page.</p>"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    async def result(self, timeout: float = 30) -> dict[str, str]:
+        """The query of the authorization response (``code``, ``state``, ``iss`` or ``error``)."""
+        assert self._result is not None
+        return await asyncio.wait_for(asyncio.shield(self._result), timeout)
+
+
+async def _port_open(url: str, deadline: float) -> None:
+    parts = urlsplit(url)
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        except OSError:
+            if loop.time() > deadline:
+                raise AssertionError(f"nothing listens at {url}") from None
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+
+
+async def dev_sign_in(
+    page: Any, authorization_url: str, *, org: str, user: str, roles: tuple[str, ...] = ("member",),
+    name: str = "", email: str = "", timeout: float = 30,
+) -> str:
+    """Sign in on the development issuer's page in a Playwright ``page`` as the person chosen,
+    once the client's redirect URI listens; the URL the browser was sent back to."""
+    redirect_uri = query_of(authorization_url)["redirect_uri"]
+    await page.goto(authorization_url)
+    await page.get_by_text("Development only").wait_for()
+    await page.fill("#org", org)
+    await page.fill("#user", user)
+    for role in ("owner", "admin", "member", "viewer"):
+        await page.locator(f"#role-{role}").set_checked(role in roles)
+    await page.fill("#name", name)
+    await page.fill("#email", email)
+    await _port_open(redirect_uri, asyncio.get_running_loop().time() + timeout)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(lambda url: url.startswith(redirect_uri), timeout=timeout * 1000)
+    return str(page.url)
