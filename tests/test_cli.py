@@ -424,6 +424,25 @@ def test_up_refuses_a_port_someone_else_listens_on_before_starting_anything(
     assert sorted(p.name for p in (project_dir / ".gatehouse").iterdir()) == ["up.lock"]
 
 
+@pytest.mark.parametrize(("argv", "env", "says"), [
+    (["--gateway-port", "8300", "--mcp-port", "8300"], {},
+     "gatehouse up: --gateway-port and --mcp-port must differ (all are 8300)"),
+    ([], {"GATEHOUSE_PUBLIC_URL": "127.0.0.1:8000"},
+     "gatehouse up: GATEHOUSE_PUBLIC_URL must be an http(s) base URL such as "
+     "http://127.0.0.1:8000, not '127.0.0.1:8000'"),
+])
+def test_up_refuses_a_wrong_setup_in_one_line_before_starting_anything(
+    argv: list[str], env: dict[str, str], says: str, project_dir: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    data_dir = project_dir / ".gatehouse"
+    assert commands.main(["--data-dir", str(data_dir), "up", *argv]) == 1
+    assert capsys.readouterr().err.splitlines() == [says]
+    assert [p.name for p in data_dir.iterdir()] in ([], ["up.lock"])
+
+
 def test_help_lists_every_command_and_explains_every_option(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

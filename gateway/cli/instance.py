@@ -46,6 +46,8 @@ def hold_lock(data_dir: Path) -> int:
 
 def check_ports_free(host: str, ports: dict[str, int]) -> None:
     """Bind each port as uvicorn will (SO_REUSEADDR, so a TIME_WAIT leftover is no conflict)."""
+    if len(set(ports.values())) < len(ports):
+        raise LauncherError(f"{' and '.join(ports)} must differ (all are {ports.popitem()[1]})")
     for option, port in ports.items():
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
