@@ -232,3 +232,18 @@ def test_a_composition_that_still_fails_names_the_layer_and_version(
     assert resp.status_code == 409, resp.text
     assert resp.json()["code"] == "prompt_not_composable"
     assert f"organization layer version {legacy}: line 2, column 51: " in resp.json()["detail"]
+
+
+def test_a_session_prompt_is_held_to_the_same_guarantees(
+    gateway: Server, org: dict[str, str]
+) -> None:
+    refused = call(gateway, org["member"], "POST", "/v1/sessions",
+                   json={"prompt": "Hi\n{{ user.email }}"})
+    assert refused.status_code == 422, refused.text
+    [error] = refused.json()["errors"]
+    assert (error["loc"], error["type"], error["line"], error["column"]) == (
+        ["body", "prompt"], "NotGuaranteed", 2, 4)
+    fine = call(gateway, org["member"], "POST", "/v1/sessions",
+                json={"prompt": "Hi {{ user.email | default('you') }} in {{ session.lang }}",
+                      "variables": {"lang": "fr"}})
+    assert fine.status_code == 201, fine.text
