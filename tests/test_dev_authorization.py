@@ -14,10 +14,18 @@ import base64
 import hashlib
 import html
 import json
+import os
 import re
 import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +37,6 @@ import jwt
 import pytest
 from aiohttp import web
 from fastmcp import Client as FastMcpClient
-from fastmcp.client.auth import OAuth
 from mcp import Client as SdkClient
 from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
@@ -261,18 +268,26 @@ class MemoryTokenStorage:
         self.client = client_info
 
 
-@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
-async def test_the_mcp_sdk_client_connects_by_url_alone(
-    dev: DevStack, browser: Browser, mode: str
-) -> None:
+@dataclass
+class SdkSession:
+    echoed: str
+    whoami: dict[str, Any]
+    storage: MemoryTokenStorage
+
+
+async def connect_with_the_sdk(
+    mcp_url: str, browser: Browser, mode: str, *, user: str, roles: tuple[str, ...],
+    name: str = "", email: str = "",
+) -> SdkSession:
+    """The official SDK's OAuth client, knowing only ``mcp_url``: it discovers, registers,
+    sends Chromium through the sign-in page, reads the code at its loopback redirect URI."""
     page = await browser.new_page()
     storage = MemoryTokenStorage()
-    user = "sdk-" + uuid.uuid4().hex[:8]
     async with LoopbackCallback() as callback:
 
         async def open_browser(authorization_url: str) -> None:
-            await dev_sign_in(page, authorization_url, org="acme", user=user,
-                              roles=("admin",), name="Ada Lovelace", email="ada@example.com")
+            await dev_sign_in(page, authorization_url, org="acme", user=user, roles=roles,
+                              name=name, email=email)
 
         async def read_callback() -> AuthorizationCodeResult:
             answer = await callback.result()
@@ -280,18 +295,30 @@ async def test_the_mcp_sdk_client_connects_by_url_alone(
                                            iss=answer.get("iss"))
 
         provider = OAuthClientProvider(
-            dev.mcp_url,
+            mcp_url,
             OAuthClientMetadata(client_name="SDK test",
                                 redirect_uris=[AnyUrl(callback.redirect_uri)]),
             storage, open_browser, read_callback,
         )
         async with (
             httpx2.AsyncClient(auth=provider, timeout=httpx2.Timeout(60)) as http,
-            SdkClient(streamable_http_client(dev.mcp_url, http_client=http), mode=mode) as client,
+            SdkClient(streamable_http_client(mcp_url, http_client=http), mode=mode) as client,
         ):
-            echoed = await client.call_tool("echo", {"text": "by URL alone"})
+            echoed = text_of(await client.call_tool("echo", {"text": "by URL alone"}))
             me = json.loads(text_of(await client.call_tool("whoami", {})))
-    assert text_of(echoed) == "by URL alone"
+    return SdkSession(echoed, me, storage)
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_the_mcp_sdk_client_connects_by_url_alone(
+    dev: DevStack, browser: Browser, mode: str
+) -> None:
+    user = "sdk-" + uuid.uuid4().hex[:8]
+    session = await connect_with_the_sdk(dev.mcp_url, browser, mode, user=user,
+                                         roles=("admin",), name="Ada Lovelace",
+                                         email="ada@example.com")
+    me, storage = session.whoami, session.storage
+    assert session.echoed == "by URL alone"
     assert (me["org_id"], me["user_id"], me["roles"]) == ("acme", user, ["admin"])
     assert storage.client is not None and storage.tokens is not None
     assert storage.client.token_endpoint_auth_method == "client_secret_basic"  # RFC 7591
@@ -301,6 +328,42 @@ async def test_the_mcp_sdk_client_connects_by_url_alone(
     assert header["typ"] == "at+jwt" and header["kid"] == "gatehouse-dev-1"
     assert (claims["iss"], claims["aud"], claims["sub"]) == (dev.issuer, dev.mcp_url, user)
     assert (claims["name"], claims["email"]) == ("Ada Lovelace", "ada@example.com")
+
+
+@contextmanager
+def gatehouse_up(cwd: Path) -> Iterator[tuple[str, str]]:
+    """``gatehouse up`` with nothing configured, on free ports: its URL and its banner."""
+    gateway_port, mcp_port = free_port(), free_port()
+    log_path = cwd / "up.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "up", "--gateway-port", str(gateway_port),
+             "--mcp-port", str(mcp_port)], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_")})
+        try:
+            deadline = time.monotonic() + 90
+            while "Press Ctrl-C to stop." not in log_path.read_text():
+                assert process.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+            yield f"http://127.0.0.1:{gateway_port}", log_path.read_text()
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=30)
+
+
+async def test_a_client_connects_to_gatehouse_up_by_url_alone(browser: Browser) -> None:
+    # Not pytest's tmp_path: as root, the embedded PostgreSQL's user must reach the folder.
+    project = Path(tempfile.mkdtemp(prefix="gatehouse-up-"))
+    try:
+        with gatehouse_up(project) as (url, banner):
+            assert f"give any MCP client {url}/mcp" in banner
+            session = await connect_with_the_sdk(url + "/mcp", browser, "legacy",
+                                                 user="grace", roles=("member",))
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+    assert session.echoed == "by URL alone"
+    assert (session.whoami["org_id"], session.whoami["user_id"]) == ("acme", "grace")
 
 
 async def test_fastmcp_oauth_client_connects_by_url_alone(
@@ -316,8 +379,7 @@ async def test_fastmcp_oauth_client_connects_by_url_alone(
         return True
 
     monkeypatch.setattr("fastmcp.client.auth.oauth.webbrowser.open", open_in_chromium)
-    auth = OAuth(dev.mcp_url, client_name="FastMCP test", callback_timeout=60)
-    async with FastMcpClient(dev.mcp_url, auth=auth) as client:
+    async with asyncio.timeout(120), FastMcpClient(dev.mcp_url, auth="oauth") as client:
         echoed = await client.call_tool("echo", {"text": "fastmcp by URL"})
         me = json.loads(text_of(await client.call_tool("whoami", {})))
     assert text_of(echoed) == "fastmcp by URL"

@@ -381,6 +381,8 @@ def _banner(public_url: str, env: dict[str, str], dev_issuer: bool, data_dir: Pa
             "",
             f"Get a token:   {_token_command(data_dir)}",
             f"Use it:        Authorization: Bearer <token>  against {public_url}/mcp",
+            f"Or by URL:     give any MCP client {public_url}/mcp; it signs in through the",
+            f"               development issuer ({public_url}/dev, OAuth 2.1, no password)",
         ]
     lines += ["", "Press Ctrl-C to stop.", ""]
     print("\n".join(lines), flush=True)
