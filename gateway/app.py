@@ -77,7 +77,7 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
             fetch_timeout=settings.jwks_fetch_timeout_seconds,
         )
         metrics = Metrics()
-        yield Services(
+        services = Services(
             settings=settings,
             pool=pool,
             redis=redis,
@@ -118,6 +118,8 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
             composer=PromptComposer(),
             signin=SigninClient(settings, http, jwks) if settings.signin_client_id else None,
         )
+        metrics.watch(services)
+        yield services
     finally:
         await http.close()
         await health_of(redis).aclose()  # a re-probe still in flight must not outlive Redis

@@ -186,6 +186,7 @@ class AuditTrail:
     async def record(self, conn: PoolConnectionProxy, entry: AuditEntry) -> None:
         """Append ``entry`` in the caller's transaction."""
         await conn.execute(QUERIES["append_audit"], *entry.values())
+        self._metrics.audited(entry.event)
 
     def enqueue(self, entry: AuditEntry) -> None:
         """Queue an informative event (a tool call) for the next batch; past the bound it is

@@ -100,7 +100,8 @@ class McpForwarder:
         ):
             return
         started = time.perf_counter()
-        succeeded = await self._forward(services, scope, body, send, session)
+        async with services.metrics.client_operation(message, send) as operation:
+            succeeded = await self._forward(services, scope, body, operation.send, session)
         if message is not None and message.method == "tools/call":
             self._audit_tool_call(services, scope, message, session, succeeded, started)
 

@@ -59,6 +59,7 @@ class JwksCache:
         self._last_attempt = float("-inf")
         self._inflight: asyncio.Task[None] | None = None
         self.fetch_count = 0
+        self.fetch_failures = 0  # both read by gateway.metrics at each scrape
 
     async def get(self, kid: str) -> dict[str, Any] | None:
         """The JWK for ``kid`` as a dict, or ``None`` when the issuer does not publish it."""
@@ -104,6 +105,7 @@ class JwksCache:
             self._keyset = KeySet(_parse(body), self._clock())
         except (aiohttp.ClientError, TimeoutError, ValueError, JwksUnavailable) as exc:
             # Stale keys stay in place: known keys keep working while the issuer is down.
+            self.fetch_failures += 1
             log.warning("JWKS fetch from %s failed: %s", self._url, type(exc).__name__)
 
 

@@ -39,7 +39,15 @@ async def _timed(check: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
 
 
 async def readyz(request: Request) -> Response:
-    services = _services(request)
+    checks = await dependency_checks(_services(request))
+    ready = all(c["ok"] for c in checks.values())
+    degraded = any(c.get("degraded") for c in checks.values())
+    status = "unready" if not ready else "degraded" if degraded else "ready"
+    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
+
+
+async def dependency_checks(services: Services) -> dict[str, dict[str, Any]]:
+    """Each dependency's readiness (``/readyz``, and ``/metrics`` at every scrape)."""
 
     async def upstream() -> None:
         url = services.settings.mcp_server_url.rsplit("/", 1)[0] + "/healthz"
@@ -58,11 +66,7 @@ async def readyz(request: Request) -> Response:
         _timed(upstream),
         _timed(jwks),
     )
-    checks = dict(zip(names, results, strict=True))
-    ready = all(c["ok"] for c in checks.values())
-    degraded = any(c.get("degraded") for c in checks.values())
-    status = "unready" if not ready else "degraded" if degraded else "ready"
-    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
+    return dict(zip(names, results, strict=True))
 
 
 async def _redis_check(services: Services) -> dict[str, Any]:
@@ -78,8 +82,9 @@ async def _redis_check(services: Services) -> dict[str, Any]:
 
 
 async def metrics(request: Request) -> Response:
-    registry = _services(request).metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    services = _services(request)
+    services.metrics.readiness(await dependency_checks(services))
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def protected_resource_metadata(request: Request) -> Response:

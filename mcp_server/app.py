@@ -16,6 +16,8 @@ from starlette.types import ASGIApp
 from mcp_server import connect_routes, provider_tools, tools
 from mcp_server.auth import AssertionMiddleware
 from mcp_server.lifespan import RuntimeHolder, lifespan_for
+from mcp_server.metrics import ServerMetrics
+from mcp_server.metrics_middleware import OperationTimer, ToolOutcomes
 from mcp_server.provider_runner import UrlElicitationOffer
 from mcp_server.scope import SessionToolScope
 from mcp_server.settings import McpServerSettings
@@ -30,15 +32,18 @@ def build_mcp(settings: McpServerSettings) -> FastMCP:
     """The always-present tools, the connect flow's internal routes, and the lifespan that
     builds the provider runtime both use and registers the enabled providers' tools."""
     holder = RuntimeHolder()
+    metrics = ServerMetrics()
     mcp = FastMCP(
         SERVER_NAME,
         instructions=INSTRUCTIONS,
         version=version("gatehouse"),  # serverInfo: what a client shows and reports bugs against
-        middleware=[SessionToolScope(), UrlElicitationOffer()],
-        lifespan=lifespan_for(settings, holder, provider_tools.register),
+        # OperationTimer outermost (times it all), ToolOutcomes next to the tool
+        middleware=[OperationTimer(metrics), SessionToolScope(), UrlElicitationOffer(),
+                    ToolOutcomes(metrics)],
+        lifespan=lifespan_for(settings, holder, provider_tools.register, metrics),
     )
     tools.register(mcp)
-    connect_routes.register(mcp, holder, settings.connect_state_ttl_seconds)
+    connect_routes.register(mcp, holder, settings.connect_state_ttl_seconds, metrics)
 
     @mcp.custom_route("/healthz", methods=["GET"])
     async def healthz(request: Request) -> Response:

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 
 from mcp_server.errors import connect_status
 from mcp_server.lifespan import RuntimeHolder
+from mcp_server.metrics import ServerMetrics
 from oauth.assertion import CallerIdentity
 from oauth.connect import CallbackParams, ConnectFlow, Denied
 from oauth.errors import ConnectRejected
@@ -33,6 +34,7 @@ from oauth.errors import ConnectRejected
 Handler = Callable[[ConnectFlow, CallerIdentity, Request], Awaitable[Response]]
 Route = Callable[[Request], Awaitable[Response]]
 _MAX_BODY = 16_384
+_STAGE = "connect_stage"  # where a handler notes which stage of the flow it reached
 
 
 def _problem(status: int, code: str, message: str) -> JSONResponse:
@@ -69,14 +71,33 @@ async def _json(request: Request) -> dict[str, str]:
     return {k: v for k, v in document.items() if isinstance(v, str)}
 
 
-def _guarded(holder: RuntimeHolder, state_ttl: int, handler: Handler) -> Route:
+def _guarded(holder: RuntimeHolder, state_ttl: int, handler: Handler,
+             count: Callable[[Request, str], None]) -> Route:
+    """``count(request, stage)``: the flow's stage, for those handlers that start or end
+    one (``failed`` when refused)."""
+
     async def run(request: Request) -> Response:
         try:
-            return await handler(_flow(holder, state_ttl), _caller(request), request)
+            response = await handler(_flow(holder, state_ttl), _caller(request), request)
         except ConnectRejected as exc:
+            count(request, "failed")
             return _problem(connect_status(exc.code), exc.code, str(exc))
+        count(request, request.scope.get("state", {}).get(_STAGE, ""))
+        return response
 
     return run
+
+
+def _counter(metrics: ServerMetrics, counted: bool) -> Callable[[Request, str], None]:
+    def count(request: Request, stage: str) -> None:
+        if counted and stage:
+            metrics.connect(request.path_params.get("provider", ""), stage)
+
+    return count
+
+
+def _stage(request: Request, stage: str) -> None:
+    request.scope.setdefault("state", {})[_STAGE] = stage
 
 
 async def connections(flow: ConnectFlow, caller: CallerIdentity, request: Request) -> Response:
@@ -97,6 +118,7 @@ async def authorize(flow: ConnectFlow, caller: CallerIdentity, request: Request)
     if len(binding) < 32:
         raise ConnectRejected("invalid_request", "A browser binding is required.")
     url = await flow.start(caller, request.path_params["provider"], binding)
+    _stage(request, "started")
     return JSONResponse({"authorization_url": url})
 
 
@@ -109,6 +131,7 @@ async def callback(flow: ConnectFlow, caller: CallerIdentity, request: Request) 
     outcome = await flow.complete(caller, request.path_params["provider"],
                                   body.get("binding", ""), params)
     display = flow.provider(outcome.provider).spec.display_name
+    _stage(request, "denied" if isinstance(outcome, Denied) else "completed")
     if isinstance(outcome, Denied):
         return JSONResponse({"status": "denied", "provider": outcome.provider,
                              "display_name": display, "error": outcome.error,
@@ -125,14 +148,16 @@ async def disconnect(flow: ConnectFlow, caller: CallerIdentity, request: Request
                          "display_name": provider.spec.display_name})
 
 
-def register(mcp: FastMCP, holder: RuntimeHolder, state_ttl: int) -> None:
-    """Mount the internal connect endpoints on the FastMCP app."""
+def register(mcp: FastMCP, holder: RuntimeHolder, state_ttl: int,
+             metrics: ServerMetrics) -> None:
+    """Mount the internal connect endpoints on the FastMCP app; ``metrics`` counts the
+    flows started (authorize) and ended (callback)."""
     base = "/internal/connect"
-    for path, methods, handler in (
-        (f"{base}/connections", ["GET"], connections),
-        (f"{base}/{{provider}}/authorize", ["POST"], authorize),
-        (f"{base}/{{provider}}/callback", ["POST"], callback),
-        (f"{base}/{{provider}}/disconnect", ["POST"], disconnect),
+    for path, methods, handler, counted in (
+        (f"{base}/connections", ["GET"], connections, False),
+        (f"{base}/{{provider}}/authorize", ["POST"], authorize, True),
+        (f"{base}/{{provider}}/callback", ["POST"], callback, True),
+        (f"{base}/{{provider}}/disconnect", ["POST"], disconnect, False),
     ):
         mcp.custom_route(path, methods=methods, include_in_schema=False)(
-            _guarded(holder, state_ttl, handler))
+            _guarded(holder, state_ttl, handler, _counter(metrics, counted)))

@@ -29,6 +29,7 @@ from oauth.errors import (
     NeedsReconnect,
     NotConnected,
     OAuthError,
+    ProviderRateLimited,
     ProviderRejected,
     ProviderUnauthorized,
     ProviderUnavailable,
@@ -36,6 +37,8 @@ from oauth.errors import (
     VaultError,
 )
 from resilience import CircuitOpen, LimiterUnavailable
+
+RECONNECT = "needs_reconnect"
 
 
 class McpServerError(Exception):
@@ -48,27 +51,31 @@ class NoVerifiedCaller(McpServerError):
 
 
 class ToolFailed(McpServerError, ToolError):
-    """A tool call failed in a way its caller can act on (``log_level``: how FastMCP logs it)."""
+    """A tool call failed in a way its caller can act on (``log_level``: how FastMCP logs it;
+    ``outcome``: how :data:`mcp_server.metrics.TOOL_OUTCOMES` counts it)."""
 
-    def __init__(self, message: str, *, log_level: int = logging.INFO) -> None:
+    def __init__(self, message: str, *, log_level: int = logging.INFO,
+                 outcome: str = "tool_error") -> None:
         super().__init__(message, log_level=log_level)
+        self.outcome = outcome
 
 
 class ConnectRequired(ToolFailed):
     """An answer the user acts on by opening ``url`` (connect, reconnect, grant a scope)."""
 
-    def __init__(self, reason: str, url: str = "") -> None:
-        super().__init__(f"{reason}: {url}" if url else reason)
+    def __init__(self, reason: str, url: str = "", *, outcome: str = "needs_connect") -> None:
+        super().__init__(f"{reason}: {url}" if url else reason, outcome=outcome)
         self.reason = reason
         self.url = url
 
     def with_url(self, url: str) -> ConnectRequired:
-        return ConnectRequired(self.reason, url)
+        return ConnectRequired(self.reason, url, outcome=self.outcome)
 
 
 def unavailable(name: str, retry_after: float) -> ToolFailed:
     """The organisation's breaker for provider ``name`` refuses calls for now."""
-    return ToolFailed(f"{name} is unavailable (failing recently); retry in {retry_after:.0f} s")
+    return ToolFailed(f"{name} is unavailable (failing recently); retry in {retry_after:.0f} s",
+                      outcome="breaker_open")
 
 
 def unexpected(tool: str) -> ToolFailed:
@@ -88,7 +95,7 @@ def tool_failure(exc: Exception, name: str, scopes: tuple[str, ...]) -> ToolFail
         return unavailable(name, exc.retry_after)
     if isinstance(exc, LimiterUnavailable):
         return ToolFailed("rate limits cannot be checked right now; retry shortly",
-                          log_level=logging.WARNING)
+                          log_level=logging.WARNING, outcome="rate_limited")
     return None
 
 
@@ -96,23 +103,28 @@ def _oauth_failure(exc: OAuthError, name: str, scopes: tuple[str, ...]) -> ToolF
     if isinstance(exc, NotConnected):
         return ConnectRequired(f"you have not connected {name}; connect it here")
     if isinstance(exc, NeedsReconnect):
-        return ConnectRequired(f"your {name} connection must be renewed; reconnect")
+        return ConnectRequired(f"your {name} connection must be renewed; reconnect",
+                               outcome=RECONNECT)
     if isinstance(exc, ProviderUnauthorized):
-        return ConnectRequired(f"{name} no longer accepts your connection; reconnect")
+        return ConnectRequired(f"{name} no longer accepts your connection; reconnect",
+                               outcome=RECONNECT)
     if isinstance(exc, MissingScope):
         needed = ", ".join(exc.scopes or scopes) or "a permission this tool needs"
         return ConnectRequired(f"your {name} connection is missing scope {needed}; "
-                               "reconnect granting it")
+                               "reconnect granting it", outcome=RECONNECT)
     if isinstance(exc, VaultError):
-        return ConnectRequired(f"your {name} connection cannot be used; reconnect")
+        return ConnectRequired(f"your {name} connection cannot be used; reconnect",
+                               outcome=RECONNECT)
     if isinstance(exc, RefreshFailed):
         return ToolFailed(f"{name} is unavailable right now (token refresh failed); retry later",
-                          log_level=logging.WARNING)
+                          log_level=logging.WARNING, outcome="provider_error")
     if isinstance(exc, ProviderUnavailable):
+        limited = isinstance(exc, ProviderRateLimited)
         return ToolFailed(f"{name} is unavailable right now ({exc.reason}); retry later",
-                          log_level=logging.WARNING)
+                          log_level=logging.WARNING,
+                          outcome="rate_limited" if limited else "provider_error")
     if isinstance(exc, ProviderRejected):
-        return ToolFailed(str(exc))
+        return ToolFailed(str(exc), outcome="provider_error")
     return None
 
 

@@ -21,6 +21,7 @@ import aiohttp
 from fastmcp import FastMCP
 from redis.asyncio import Redis
 
+from mcp_server.metrics import ServerMetrics, serve
 from mcp_server.providers import configure_providers
 from mcp_server.settings import McpServerSettings
 from mcp_server.token_cache import ConnectionCache
@@ -69,6 +70,7 @@ class ProviderRuntime:
     public_url: str
     connect_link_ttl: int
     http: aiohttp.ClientSession
+    metrics: ServerMetrics
 
 
 def _limits(settings: McpServerSettings, redis: Redis) -> ToolLimits:
@@ -94,7 +96,7 @@ def _limits(settings: McpServerSettings, redis: Redis) -> ToolLimits:
 
 async def _vault(
     settings: McpServerSettings, stack: AsyncExitStack, http: aiohttp.ClientSession,
-    providers: Mapping[str, ConfiguredProvider],
+    providers: Mapping[str, ConfiguredProvider], metrics: ServerMetrics,
 ) -> Vault | None:
     if not (settings.database_url and settings.redis_url and settings.token_keys):
         return None
@@ -107,10 +109,12 @@ async def _vault(
     stack.push_async_callback(health_of(redis).aclose)  # a probe in flight ends first
     store = TokenStore(pool, keyring)
     grants = {
-        name: TokenEndpoint(http, p.spec.token_endpoint, p.client).refresh
+        name: metrics.counted_refresh(name, TokenEndpoint(http, p.spec.token_endpoint,
+                                                          p.client).refresh)
         for name, p in providers.items()
     }
     refresher = Refresher(store, redis, grants, margin=REFRESH_MARGIN)
+    refresher.on_wait = lambda p: metrics.refresh_lock_waits.labels(metrics.provider(p)).inc()
     ttl = settings.token_cache_seconds
     cache = ConnectionCache(pool, store.vault, ttl=ttl) if ttl > 0 else None
     return Vault(store, refresher, redis, _limits(settings, redis), cache)
@@ -137,7 +141,7 @@ def _apis(
     }
 
 
-async def index_tool_schemas(server: FastMCP) -> None:
+async def index_tool_schemas(server: FastMCP) -> list[str]:
     """Give the MCP SDK each tool's input schema by name, computed once.
 
     On protocol 2026-07-28 the SDK checks a ``tools/call``'s ``Mcp-Param-*`` headers against
@@ -150,6 +154,7 @@ async def index_tool_schemas(server: FastMCP) -> None:
     tools = await server.list_tools(run_middleware=False)
     schemas = {tool.name: tool.parameters for tool in tools}
     server._mcp_server.get_tool_input_schema = schemas.get  # fastmcp 4.1.2 exposes no setter
+    return list(schemas)
 
 
 class RuntimeHolder:
@@ -164,20 +169,26 @@ ToolRegistrar = Callable[[FastMCP, Mapping[str, str]], list[str]]
 
 
 def lifespan_for(
-    settings: McpServerSettings, holder: RuntimeHolder, register_tools: ToolRegistrar
+    settings: McpServerSettings, holder: RuntimeHolder, register_tools: ToolRegistrar,
+    metrics: ServerMetrics,
 ) -> Callable[[FastMCP], AbstractAsyncContextManager[dict[str, Any]]]:
     """``register_tools(server, {provider: display name})`` adds the tools of the providers
     that came out enabled (configured, with a vault) and returns their names; they are
-    removed again when the lifespan ends."""
+    removed again when the lifespan ends. ``metrics`` learns the tool and provider names
+    (its only label values) and is served on the metrics port while the lifespan lasts."""
 
     @asynccontextmanager
     async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
-            runtime = await _runtime(settings, stack)
+            runtime = await _runtime(settings, stack, metrics)
             enabled = {name: api.spec.display_name for name, api in runtime.apis.items()}
             for name in register_tools(server, enabled):
                 stack.callback(server.local_provider.remove_tool, name)
-            await index_tool_schemas(server)
+            metrics.known(await index_tool_schemas(server), runtime.providers)
+            if settings.metrics_port:
+                runner = await serve(metrics.registry, settings.metrics_host,
+                                     settings.metrics_port)
+                stack.push_async_callback(runner.cleanup)
             holder.runtime = runtime
             try:
                 yield {RUNTIME_KEY: runtime}
@@ -187,7 +198,8 @@ def lifespan_for(
     return lifespan
 
 
-async def _runtime(settings: McpServerSettings, stack: AsyncExitStack) -> ProviderRuntime:
+async def _runtime(settings: McpServerSettings, stack: AsyncExitStack, metrics: ServerMetrics
+                   ) -> ProviderRuntime:
     http = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=settings.provider_timeout_seconds + 5),
         connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=300),
@@ -198,7 +210,7 @@ async def _runtime(settings: McpServerSettings, stack: AsyncExitStack) -> Provid
         http, settings.providers, load_catalogue(),
         discovery_timeout=settings.discovery_timeout_seconds,
     )
-    vault = await _vault(settings, stack, http, providers)
+    vault = await _vault(settings, stack, http, providers, metrics)
     apis = {} if vault is None else _apis(settings, http, vault.redis, providers)
     return ProviderRuntime(providers, apis, vault, settings.public_url.rstrip("/"),
-                           settings.connect_link_ttl_seconds, http)
+                           settings.connect_link_ttl_seconds, http, metrics)

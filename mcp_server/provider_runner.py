@@ -47,18 +47,20 @@ from mcp.shared.exceptions import UrlElicitationRequiredError
 from mcp_server.auth import current_caller
 from mcp_server.errors import ConnectRequired, ToolFailed, tool_failure, unavailable, unexpected
 from mcp_server.lifespan import REFRESH_MARGIN, RUNTIME_KEY, ProviderRuntime, ToolLimits, Vault
+from mcp_server.provider_watch import BreakerWatch
 from oauth.assertion import CallerIdentity
 from oauth.connect_links import issue_connect_link
 from oauth.errors import NotConnected, ProviderUnauthorized, VaultError
 from oauth.provider_client import ProviderApi
-from resilience import BreakerTicket, CircuitBreaker, admit
+from resilience import BreakerTicket, CircuitBreaker, LimiterUnavailable, admit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ProviderCall = Callable[[ProviderApi, str], Awaitable[T]]
-# Whose limit each of _admit's buckets is, in their order.
+# Whose limit each of _admit's buckets is, in their order, and its metrics label.
 _LIMIT_OWNERS = ("your limit for {tool}", "your organisation's limit for {name}",
                  "this server's limit for {name}")
+_LIMIT_LABELS = ("user_tool", "org_provider", "provider")
 URL_ELICITATION_VERSIONS = frozenset({"2025-11-25"})  # -32042 exists in these versions only
 
 
@@ -129,6 +131,7 @@ async def _answer(
         return unexpected(tool)
     if isinstance(exc, VaultError):
         log.error("stored %s connection cannot be opened", provider)
+        runtime.metrics.vault_failures.labels(runtime.metrics.provider(provider)).inc()
     if not isinstance(answer, ConnectRequired) or answer.url:
         return answer
     try:
@@ -143,10 +146,13 @@ async def _run(
     tool: str, provider: str, call: ProviderCall[T],
 ) -> T:
     breaker = api.breaker.scoped(caller.org_id)  # one tenant's failures open only its own
-    ticket = await _admit(vault.limits, api, breaker, caller, tool, provider)
+    watch = BreakerWatch(runtime.metrics, provider, caller.org_id, breaker)
+    ticket = await _admit(vault.limits, api, breaker, caller, tool, provider, watch)
     view = api.admitted(ticket, breaker)
     try:
-        return await call(view, await _fresh_token(vault, caller, provider))
+        token = await _fresh_token(vault, caller, provider)
+        async with watch.timed():
+            return await call(view, token)
     except ProviderUnauthorized:
         if vault.cache is not None:
             vault.cache.forget(caller, provider)
@@ -157,20 +163,30 @@ async def _run(
 
 
 async def _admit(limits: ToolLimits, api: ProviderApi, breaker: CircuitBreaker,
-                 caller: CallerIdentity, tool: str, provider: str) -> BreakerTicket | None:
+                 caller: CallerIdentity, tool: str, provider: str, watch: BreakerWatch
+                 ) -> BreakerTicket | None:
     """The three limits and the organisation's breaker for the provider, in one Redis round
     trip. The organisation's share is checked with the provider-wide limit in the same run, so
     an organisation past its share is refused without spending the shared budget."""
     buckets = [limits.for_tool(tool).bucket(caller.org_id, caller.user_id, tool),
                limits.org_provider.bucket(caller.org_id, provider),
                limits.provider.bucket(provider)]
-    admission = await admit(buckets, breaker)
+    try:
+        admission = await admit(buckets, breaker)
+    except LimiterUnavailable:
+        watch.metrics.limit_refusals.labels("unavailable").inc()
+        raise
     name = api.spec.display_name
-    for decision, whose in zip(admission.decisions, _LIMIT_OWNERS, strict=True):
+    for decision, whose, label in zip(admission.decisions, _LIMIT_OWNERS, _LIMIT_LABELS,
+                                      strict=True):
         if not decision.allowed:
+            watch.metrics.limit_refusals.labels(label).inc()
             what = whose.format(tool=tool, name=name)
             raise ToolFailed(f"rate limit exceeded ({what}: {decision.limit} per "
-                             f"{decision.window_seconds} s); retry in {decision.retry_after} s")
+                             f"{decision.window_seconds} s); retry in {decision.retry_after} s",
+                             outcome="rate_limited")
+    if admission.ticket is not None:
+        watch.seen(admission.ticket.state)
     if admission.ticket is not None and not admission.ticket.admitted:
         raise unavailable(name, admission.ticket.retry_after)
     return admission.ticket

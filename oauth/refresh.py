@@ -94,6 +94,9 @@ class Refresher:
         self._failure_ms = int(failure_ttl * 1000)
         self._namespace = namespace
         self._release = redis.register_script(RELEASE_LUA)
+        # Told (with the provider) each time a caller starts waiting for another caller's
+        # refresh: mcp_server counts it; this package knows nothing of metrics.
+        self.on_wait: Callable[[str], None] | None = None
 
     async def access_token(self, tenant: Tenant, provider: str) -> str:
         """A token valid for at least ``margin`` seconds (or with no known expiry)."""
@@ -109,6 +112,7 @@ class Refresher:
         deadline = time.monotonic() + self._wait_timeout
         delay = 0.01
         await self._raise_if_failed_recently(key, provider)
+        waiting = False
         while True:
             holder = secrets.token_hex(16)
             if await self._redis_call(self._redis.set(key, holder, nx=True, px=self._lock_ms)):
@@ -116,6 +120,9 @@ class Refresher:
                     return await self._refresh_locked(tenant, provider, key)
                 finally:
                     await self._unlock(key, holder)
+            if not waiting and self.on_wait is not None:
+                self.on_wait(provider)
+            waiting = True
             if time.monotonic() + delay > deadline:
                 raise RefreshTimedOut(f"refresh of {provider!r} did not finish in time")
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))

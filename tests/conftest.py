@@ -13,7 +13,7 @@ import redis
 from oauth.keys import ensure_private_key_file, public_pem
 from tests.support.databases import Database, test_database, test_redis
 from tests.support.oidc_provider import OidcProvider
-from tests.support.processes import Server, start_uvicorn
+from tests.support.processes import Server, free_port, start_uvicorn
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +78,7 @@ def mcp_server(
                    "userinfo_endpoint": google.url + "/v1/userinfo"},
         "slack": {**client, "api_base_url": slack.url + "/api"},
     }
+    metrics_port = free_port()
     server = start_uvicorn(
         "mcp_server.app:create_app",
         {
@@ -88,10 +89,14 @@ def mcp_server(
             "GATEHOUSE_PUBLIC_URL": "https://gatehouse.test",
             "GATEHOUSE_PROVIDERS": json.dumps(providers),
             "GATEHOUSE_RESILIENCE_NAMESPACE": f"test-{uuid.uuid4().hex[:8]}",
+            "GATEHOUSE_METRICS_PORT": str(metrics_port),
         },
         work_dir,
         "mcp_server",
     )
+    # Tests start more servers from server.env: not on this port. Its /metrics is here:
+    del server.env["GATEHOUSE_METRICS_PORT"]
+    server.env["TEST_METRICS_URL"] = f"http://127.0.0.1:{metrics_port}/metrics"
     yield server
     server.stop()
     for standin in (github, google, slack):
