@@ -247,3 +247,25 @@ def test_a_session_prompt_is_held_to_the_same_guarantees(
                 json={"prompt": "Hi {{ user.email | default('you') }} in {{ session.lang }}",
                       "variables": {"lang": "fr"}})
     assert fine.status_code == 201, fine.text
+
+
+def test_a_session_prompt_must_fit_the_session_variables_it_is_kept_with(
+    gateway: Server, org: dict[str, str]
+) -> None:
+    member = org["member"]
+    missing = call(gateway, member, "POST", "/v1/sessions",
+                   json={"prompt": "Topic: {{ session.topic }}"})
+    assert missing.status_code == 422, missing.text
+    kept = call(gateway, member, "POST", "/v1/sessions",
+                json={"prompt": "Topic: {{ session.topic }}", "variables": {"topic": "tax"}})
+    assert kept.status_code == 201, kept.text
+    path = f"/v1/sessions/{kept.json()['id']}"
+    # Dropping the variable the kept prompt uses would break every composition: refused.
+    dropped = call(gateway, member, "PATCH", path, json={"variables": {}})
+    assert dropped.status_code == 422, dropped.text
+    assert call(gateway, member, "GET", path).json()["variables"] == {"topic": "tax"}
+    # A new prompt is checked against the kept variables.
+    assert call(gateway, member, "PATCH", path,
+                json={"prompt": "{{ session.other }}"}).status_code == 422
+    assert call(gateway, member, "PATCH", path,
+                json={"prompt": "Still {{ session.topic }}"}).status_code == 200

@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -77,11 +78,13 @@ def _audit(call: Call, event: str, session_id: object, **details: Any) -> AuditE
                       request_id=call.request_id)
 
 
-def _check_prompt(call: Call, prompt: str | None) -> None:
-    """A session prompt is validated like any layer (syntax, sandbox, size) before it is kept."""
+def _check_prompt(call: Call, prompt: str | None, variables: Mapping[str, Any]) -> None:
+    """A session prompt is validated like any layer (syntax, sandbox, size, only guaranteed or
+    guarded variables) against the session variables it will be composed with."""
     if prompt:
         try:
-            call.services.composer.validate(prompt, kind=LayerKind.SESSION)
+            call.services.composer.validate(prompt, kind=LayerKind.SESSION,
+                                            session_variables=variables)
         except PromptError as exc:
             raise invalid_prompt(exc, "prompt") from exc
 
@@ -99,7 +102,7 @@ async def create_session(call: Call) -> Response:
     body: SessionCreate = call.body
     settings, principal = call.services.settings, call.principal
     new = _new_session(call, body)
-    _check_prompt(call, body.prompt)
+    _check_prompt(call, body.prompt, body.variables or {})
     async with rls_transaction(call.services.pool, principal, org_wide=True) as conn:
         claim = await claim_key(conn, call, principal)
         if claim.replay is not None:
@@ -182,7 +185,9 @@ async def update_session(call: Call) -> Response:
         session = await sessions.visible(conn, principal, session_id)
         changed = body.model_dump(exclude_unset=True, exclude={"status"})
         _may_change(call, session, body, changed)
-        _check_prompt(call, body.prompt)
+        if "prompt" in changed or "variables" in changed:  # the prompt must fit what it gets
+            _check_prompt(call, changed.get("prompt", session.prompt),
+                          changed.get("variables", session.variables) or {})
         if changed:
             changes = _changes(call, body, changed)
             session = await sessions.update(conn, principal, session_id, changes) or session
