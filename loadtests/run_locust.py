@@ -33,11 +33,14 @@ from pathlib import Path
 
 import psutil
 
-from loadtests.scenarios import report, stats
+from loadtests.scenarios import SCENARIOS, STARTED, SUMMARY, report
 from loadtests.scenarios.fleet import REPO, Stack, Watched, running_stack
 from loadtests.scenarios.grants import GrantConfig, GrantService
 
 RESULTS = REPO / "loadtests" / "results"
+USER_CLASSES = {"auth": "AuthUser", "connect": "ConnectUser", "tools": "ToolUser",
+                "list_tools": "ListToolsUser", "disconnect": "DisconnectUser",
+                "mixed": "MixedUser"}
 START_DEADLINE = 60  # seconds for Locust to start spawning
 STOP_GRACE = 10  # Locust's --stop-timeout: users finish the task they are in
 REPORT_DEADLINE = 120  # seconds past the run time for Locust to stop and write its reports
@@ -51,7 +54,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--spawn-rate", type=float, help="users started per second "
                         "(default: all within 5 s)")
     parser.add_argument("--minutes", type=float, default=1.0, help="per user count")
-    parser.add_argument("--tags", nargs="*", default=[], help="scenarios (default: all six)")
+    parser.add_argument("--tags", nargs="*", default=[], choices=SCENARIOS, metavar="SCENARIO",
+                        help=f"some of {', '.join(SCENARIOS)} (default: all six)")
     parser.add_argument("--think-scale", type=float, default=1.0,
                         help="multiplies the 1-3 s think time between a user's tasks")
     parser.add_argument("--replicas", type=int, default=1, help="passed to `gatehouse up`")
@@ -70,8 +74,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def _locust_command(stack: Stack, users: int, rate: float, seconds: int, tags: list[str],
                     out: Path) -> list[str]:
+    # Locust would still start users of classes none of whose tasks carry a chosen tag.
+    classes = [USER_CLASSES[t] for t in tags]
     command = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtests" / "locustfile.py"),
-               "--headless", "--users", str(users), "--spawn-rate", f"{rate:g}",
+               *classes, "--headless", "--users", str(users), "--spawn-rate", f"{rate:g}",
                "--run-time", f"{seconds}s", "--stop-timeout", str(STOP_GRACE),
                "--host", stack.gateway_url, "--csv", str(out / "locust"),
                "--html", str(out / "report.html"), "--only-summary",
@@ -142,18 +148,18 @@ def run_once(stack: Stack, grants_url: str, users: int, args: argparse.Namespace
             stdout=sink, stderr=subprocess.STDOUT)
     try:
         watched = [*stack.processes(), Watched("locust", "harness", psutil.Process(locust.pid))]
-        _wait_for(out / stats.STARTED, locust, time.monotonic() + START_DEADLINE, log)
+        _wait_for(out / STARTED, locust, time.monotonic() + START_DEADLINE, log)
         before, started = _cpu(watched), time.monotonic()
         soak = Soak(watched) if args.soak else None
         deadline = started + seconds + STOP_GRACE + REPORT_DEADLINE
-        _wait_for(out / stats.SUMMARY, locust, deadline, log, soak)
+        _wait_for(out / SUMMARY, locust, deadline, log, soak)
         after, wall = _cpu(watched), time.monotonic() - started
         locust.wait(max(1.0, deadline - time.monotonic()))
     finally:
         if locust.poll() is None:
             locust.kill()
             locust.wait(10)
-    summary = json.loads((out / stats.SUMMARY).read_text())
+    summary = json.loads((out / SUMMARY).read_text())
     cpu = {w.label: (w.kind, max(0.0, after[w.label] - before[w.label])) for w in watched}
     return report.RunResult(users, summary, wall, cpu, soak.samples if soak else {})
 

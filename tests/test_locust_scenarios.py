@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from loadtests import run_locust
 from loadtests.scenarios import SCENARIOS
+from loadtests.scenarios.fleet import Stack
 
 REPO = Path(__file__).resolve().parents[1]
 USERS = 6  # Locust gives each of the six user classes one user
@@ -41,7 +43,9 @@ def test_every_scenario_made_requests_and_none_failed(
 ) -> None:
     finished, out = run
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
-    figures = json.loads((out / "scenarios.json").read_text())["scenarios"]
+    summary = json.loads((out / "scenarios.json").read_text())
+    assert summary["user_errors"] == {}  # no exception raised inside a task
+    figures = summary["scenarios"]
     for scenario in SCENARIOS:
         assert figures[scenario]["requests"] > 0, scenario
         assert figures[scenario]["failures"] == 0, figures[scenario]["failure_samples"]
@@ -75,3 +79,16 @@ def test_reports_are_kept_and_the_tables_name_every_scenario_and_process(
             f"no row for {scenario} in:\n{printed}"
     for process in ("gateway", "mcp_server", "locust"):
         assert re.search(rf"^{process}\s+\w+\s+[\d.]+\s+[\d.]+$", printed, re.M), process
+
+
+def test_chosen_tags_start_only_their_user_classes(tmp_path: Path) -> None:
+    """Locust starts every class it is given, tagged tasks or not; one without a task of the
+    chosen tags would raise in every user it starts."""
+    args = run_locust._arguments(["--users", "5", "--tags", "mixed", "auth"])
+    stack = Stack(tmp_path, "http://127.0.0.1:1", "http://127.0.0.1:2", "t", "k", None)  # type: ignore[arg-type]
+    command = run_locust._locust_command(stack, 5, 1, 30, args.tags, tmp_path)
+    start = command.index("-f") + 2
+    assert command[start:command.index("--headless")] == ["MixedUser", "AuthUser"]
+    assert command[-3:] == ["--tags", "mixed", "auth"]
+    with pytest.raises(SystemExit):
+        run_locust._arguments(["--users", "5", "--tags", "nonsense"])

@@ -20,3 +20,6 @@ and watches its processes.
 """
 
 SCENARIOS = ("auth", "connect", "tools", "list_tools", "disconnect", "mixed")
+# Files :mod:`.stats` writes in LOADTEST_STATS_DIR; named here so that the runner can read them
+# without importing Locust (which monkey-patches the process it is imported into).
+STARTED, SUMMARY = "started", "scenarios.json"

@@ -38,7 +38,9 @@ class RunResult:
 
     @property
     def failures(self) -> int:
-        return int(self.all.get("failures", 0))
+        """Failed requests and exceptions raised in tasks."""
+        errors = sum(self.summary.get("user_errors", {}).values())
+        return int(self.all.get("failures", 0)) + int(errors)
 
     def cpu_percent(self, label: str) -> float:
         return self.cpu[label][1] / self.wall * 100 if self.wall > 0 else 0.0
@@ -62,6 +64,8 @@ def scenario_table(result: RunResult) -> str:
     for name in SCENARIOS:
         for sample in scenarios.get(name, {}).get("failure_samples", []):
             lines.append(f"  failure in {name}: {sample}")
+    for message, count in result.summary.get("user_errors", {}).items():
+        lines.append(f"  {count} exception(s) in a task: {message}")
     return "\n".join(lines)
 
 

@@ -4,7 +4,8 @@ Every request is counted under its scenario (the part of its name before ``:``) 
 ``all``, in a histogram rounded as Locust rounds (to 1 ms below 100 ms, 10 ms below 1 s, then
 100 ms), so memory stays bounded through a soak. Two files in ``LOADTEST_STATS_DIR`` tell the
 runner when to read the processes' CPU: ``started`` when Locust starts spawning users, and
-``scenarios.json`` (the figures) when the test stops, before Locust writes its reports.
+``scenarios.json`` (the figures) when the test stops, before Locust writes its reports. An
+exception raised inside a task is no request, so it is counted apart (``user_errors``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 
 from locust import events
 
-STARTED, SUMMARY = "started", "scenarios.json"
+from loadtests.scenarios import STARTED, SUMMARY
+
 FAILURE_SAMPLES = 5
 
 
@@ -62,6 +64,7 @@ class Histogram:
 class Recorder:
     def __init__(self) -> None:
         self.histograms: dict[str, Histogram] = {}
+        self.user_errors: Counter[str] = Counter()  # exceptions raised in tasks, by message
         self.started = time.monotonic()
 
     def add(self, name: str, ms: float, failure: str | None) -> None:
@@ -71,7 +74,7 @@ class Recorder:
 
     def summary(self) -> dict[str, Any]:
         seconds = time.monotonic() - self.started
-        return {"seconds": seconds,
+        return {"seconds": seconds, "user_errors": dict(self.user_errors),
                 "scenarios": {k: h.summary(seconds) for k, h in self.histograms.items()}}
 
 
@@ -88,8 +91,13 @@ def _on_request(name: str, response_time: float, exception: BaseException | None
     _recorder.add(name, response_time, None if exception is None else str(exception))
 
 
+def _on_user_error(user_instance: object, exception: BaseException, **_: Any) -> None:
+    _recorder.user_errors[f"{type(user_instance).__name__}: {exception}"[:300]] += 1
+
+
 def _on_start(**_: Any) -> None:
     _recorder.histograms.clear()
+    _recorder.user_errors.clear()
     _recorder.started = time.monotonic()
     if (directory := _directory()) is not None:
         (directory / STARTED).write_text(str(time.time()))
@@ -106,3 +114,4 @@ def _on_stop(**_: Any) -> None:
 events.request.add_listener(_on_request)  # type: ignore[no-untyped-call]
 events.test_start.add_listener(_on_start)  # type: ignore[no-untyped-call]
 events.test_stop.add_listener(_on_stop)  # type: ignore[no-untyped-call]
+events.user_error.add_listener(_on_user_error)  # type: ignore[no-untyped-call]
