@@ -603,6 +603,29 @@ def test_confidential_clients_must_authenticate(http: httpx.Client) -> None:
     assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
 
 
+def test_bad_input_gets_an_oauth_error_never_a_500(http: httpx.Client) -> None:
+    client = register(http, "http://127.0.0.1:9/callback")
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    answers = {
+        "huge": http.post("/dev/token", content=b"a=" + b"x" * 70_000, headers=form),
+        "not-utf8": http.post("/dev/token", content=b"grant_type=\xff\xfe", headers=form),
+        "no-grant": http.post("/dev/token", data={}),
+        "unknown-grant": http.post("/dev/token", data={"grant_type": "password"}),
+        "quote-in-uri": http.get(authorize_path(client["client_id"],
+                                                'http://127.0.0.1:9/c"b\\', pkce()[1])),
+        "unknown-client": http.get(authorize_path("nobody", "http://127.0.0.1:9/c", "x" * 43)),
+    }
+    for case, answer in answers.items():
+        assert answer.status_code in (400, 401), (case, answer.status_code, answer.text)
+        assert answer.json()["error"] in ("invalid_request", "unsupported_grant_type",
+                                          "invalid_client", "unsupported_response_type"), case
+    assert http.get("/dev/token").status_code == 405
+    # Known client, one registered redirect URI: the error goes back there (RFC 6749 4.1.2.1).
+    no_type = http.get("/dev/authorize?client_id=" + client["client_id"])
+    assert redirected(no_type, "http://127.0.0.1:9/callback")["error"] == (
+        "unsupported_response_type")
+
+
 # ---------------------------------------------------------------- Client ID Metadata Documents
 
 

@@ -74,6 +74,7 @@ def routes(settings: GatewaySettings) -> list[BaseRoute]:
         log.warning("development authorization server off: %s (PUBLIC_URL must be https or "
                     "loopback)", exc)
         return []
+    logging.getLogger("authlib").setLevel(logging.INFO)  # its debug lines carry issued tokens
     config = DevConfig(
         issuer=settings.issuer, audience=settings.audience,
         resources=frozenset({settings.resource_url, settings.audience}),

@@ -115,8 +115,9 @@ class DevAuthorizationEndpoints:
         except ValueError:
             return _error(400, "invalid_request", "the request holds characters OAuth errors "
                           "cannot carry")
-        if answer is not None or grant is None:
-            return _send(answer or Answer(500, {"error": "server_error"}, []))
+        if answer is not None:
+            return _send(answer)
+        assert grant is not None  # consent answers one or the other
         return signin_page(
             action=oauth_request.uri.split("?", 1)[0], client=grant.request.client,
             redirect_uri=grant.redirect_uri,

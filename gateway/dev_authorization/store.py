@@ -79,9 +79,6 @@ class DevStore:
             return None
         return record
 
-    async def family_revoked(self, family: str) -> bool:
-        return bool(await self._redis.exists(_key("revoked", family)))
-
     async def _revoke_if_issued(self, marker: str) -> None:
         family = await self._redis.get(marker)
         if family is not None:
