@@ -57,7 +57,7 @@ API: list[Endpoint] = [
 
 @asynccontextmanager
 async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
-    pool = await create_pool(settings.database_url)
+    pool = await create_pool(settings.database_url, max_size=settings.database_pool_size)
     redis = create_redis(settings.redis_url)
     http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=256, limit_per_host=256, keepalive_timeout=60),

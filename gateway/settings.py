@@ -17,6 +17,7 @@ class GatewaySettings(BaseSettings):
     # Browser origins allowed on /mcp besides PUBLIC_URL's own (a JSON list of scheme://host[:port]).
     allowed_origins: list[str] = []
     database_url: str = Field(description="DSN of the gatehouse_app login role")
+    database_pool_size: int = Field(default=10, ge=1, le=200)  # most connections per replica
     redis_url: str
     mcp_server_url: str = "http://127.0.0.1:8001/mcp"
     internal_key_file: Path = Field(description="Ed25519 private key (PEM) for assertions")

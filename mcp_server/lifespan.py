@@ -101,7 +101,7 @@ async def _vault(
     if not (settings.database_url and settings.redis_url and settings.token_keys):
         return None
     keyring = Keyring.parse(settings.token_keys.get_secret_value())
-    pool = await create_pool(settings.database_url)
+    pool = await create_pool(settings.database_url, max_size=settings.database_pool_size)
     stack.push_async_callback(pool.close)
     await verify_app_role(pool)
     redis = create_redis(settings.redis_url)

@@ -42,6 +42,7 @@ class McpServerSettings(BaseSettings):
         description="Ed25519 public key (PEM) that verifies the gateway's internal assertions"
     )
     database_url: str | None = Field(default=None, repr=False)  # gatehouse_app role
+    database_pool_size: int = Field(default=10, ge=1, le=200)  # most connections per replica
     redis_url: str | None = Field(default=None, repr=False)
     token_keys: SecretStr | None = None  # keyring "kid:base64,..." (oauth/keyring.py)
     public_url: str = "http://127.0.0.1:8000"  # the gateway's URL, for connect links

@@ -20,10 +20,14 @@ FROM pg_roles r WHERE r.rolname = current_user
 
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections reset fully when released (settings, locks, prepared state)."""
+    """A pool whose connections reset fully when released (settings, locks, prepared state).
+
+    Connections idle for a minute are closed (down to ``min_size``): a burst does not keep
+    ``max_size`` connections of every replica open against the server's ``max_connections``."""
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, timeout=10, command_timeout=30
+            dsn, min_size=min(min_size, max_size), max_size=max_size, timeout=10,
+            command_timeout=30, max_inactive_connection_lifetime=60,
         )
     except (OSError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(f"cannot connect to the database: {type(exc).__name__}") from exc

@@ -84,6 +84,8 @@ def mcp_server(
         {
             "GATEHOUSE_INTERNAL_PUBLIC_KEY_FILE": str(internal_keys.public),
             "GATEHOUSE_DATABASE_URL": database.app_url,
+        "GATEHOUSE_DATABASE_POOL_SIZE": "4",
+            "GATEHOUSE_DATABASE_POOL_SIZE": "4",  # many stacks share one server's connections
             "GATEHOUSE_REDIS_URL": redis_url,
             "GATEHOUSE_TOKEN_KEYS": generate_entry("test1"),
             "GATEHOUSE_PUBLIC_URL": "https://gatehouse.test",
