@@ -154,7 +154,7 @@ async def test_a_frozen_redis_is_waited_for_once_then_skipped_until_it_thaws(
     assert first.degraded > 0 and first.slowest <= REDIS_DEADLINE + 0.2
     frozen = await hammer(decide, 2.0)
     assert frozen.degraded == frozen.decisions  # nobody asked Redis, nobody waited for it
-    assert frozen.slowest < 0.1
+    assert frozen.slowest < 0.3  # well under the 0.5 s Redis timeout nobody should wait for
     assert frozen.rate(2.0) >= 0.5 * normal.rate(1.0)
     assert limit.health.status == "degraded"
 
@@ -197,7 +197,7 @@ async def test_a_long_script_makes_redis_slow_and_fail_closed_refuses_at_once(
     try:
         await until(decide, 2.0)  # the script started, and one caller timed out on it
         busy = await hammer(decide, 1.5)
-        assert busy.degraded == busy.decisions and busy.slowest < 0.1
+        assert busy.degraded == busy.decisions and busy.slowest < 0.3
         assert busy.rate(1.5) >= 0.5 * normal.rate(1.0)
         await script
         ended = time.monotonic()
