@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import dev_authorization, routes
+from gateway import dev_authorization, routes, tracing
 from gateway.activity import SessionActivity
 from gateway.api import audit as audit_api
 from gateway.api import members, openapi, sessions
@@ -129,6 +129,7 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
 
 def create_app(settings: GatewaySettings | None = None) -> Starlette:
     resolved = settings or GatewaySettings()  # type: ignore[call-arg]  # from the environment
+    trace_provider = tracing.install()  # None unless OTEL_* asks for traces
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
@@ -164,6 +165,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
             *dev_authorization.routes(resolved),  # development mode only
         ],
         middleware=[
+            *tracing.middleware(trace_provider),  # the SERVER span: outermost
             Middleware(RequestContextMiddleware),
             Middleware(HeaderLimitMiddleware),
             Middleware(ProblemMiddleware),

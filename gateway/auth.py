@@ -13,6 +13,7 @@ import logging
 import jwt
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway import tracing
 from gateway.audit import FailureSource
 from gateway.errors import Unauthenticated
 from gateway.principal import Principal
@@ -68,6 +69,7 @@ class AuthenticationMiddleware:
             response = error_response(exc, request_id=scope["state"].get("request_id"))
             await response(scope, receive, send)
             return
+        tracing.tag_tenant(scope["state"]["principal"].org_id)
         await self.app(scope, receive, send)
 
     async def _authenticate(self, services: Services, scope: Scope) -> Principal:

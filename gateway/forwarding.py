@@ -16,6 +16,7 @@ import aiohttp
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway import tracing
 from gateway.asgi import header
 from gateway.audit import AuditEntry
 from gateway.auth import principal_of
@@ -95,13 +96,17 @@ class McpForwarder:
             self._authorize(scope, message)
             services.metrics.mcp_method(message.method or "response")
         session = await self._session(services, scope)
+        if message is not None:
+            tracing.describe_request(scope, message, str(session.id) if session else None)
         if session is not None and message is not None and await self._deliver_prompt(
             services, scope, body, receive, send, session, message
         ):
             return
         started = time.perf_counter()
-        async with services.metrics.client_operation(message, send) as operation:
-            succeeded = await self._forward(services, scope, body, operation.send, session)
+        url = services.settings.mcp_server_url
+        with tracing.client_span(scope, message, url, send) as traced_send:
+            async with services.metrics.client_operation(message, traced_send) as operation:
+                succeeded = await self._forward(services, scope, body, operation.send, session)
         if message is not None and message.method == "tools/call":
             self._audit_tool_call(services, scope, message, session, succeeded, started)
 
@@ -179,13 +184,12 @@ class McpForwarder:
             user_id=principal.user_id,
             roles=principal.roles,
             request_id=state["request_id"],
-            traceparent=state["traceparent"],
+            traceparent=tracing.inject(headers, state["traceparent"]),  # the CLIENT span's
             session_id=str(session.id) if session else None,
             allowed_tools=session.allowed_tools if session else None,
         )
         headers["authorization"] = "Bearer " + services.signer.sign(caller)
         headers["x-request-id"] = state["request_id"]
-        headers["traceparent"] = state["traceparent"]
         return headers
 
     async def _forward(

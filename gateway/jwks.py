@@ -22,10 +22,14 @@ from typing import Any
 
 import aiohttp
 import jwt
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from gateway.errors import JwksUnavailable
+from telemetry.spans import child_span
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 _MAX_JWKS_BYTES = 256 * 1024
 
@@ -84,13 +88,17 @@ class JwksCache:
 
     async def _refresh(self) -> None:
         if self._inflight is None:
-            self._inflight = asyncio.create_task(self._fetch())
+            self._inflight = asyncio.create_task(self._traced_fetch())
         task = self._inflight
         try:
             await asyncio.shield(task)
         finally:
             if task.done() and self._inflight is task:
                 self._inflight = None
+
+    async def _traced_fetch(self) -> None:
+        with child_span(_tracer, "jwks fetch", {"url.full": self._url}, SpanKind.CLIENT):
+            await self._fetch()
 
     async def _fetch(self) -> None:
         self._last_attempt = self._clock()
@@ -107,6 +115,7 @@ class JwksCache:
             # Stale keys stay in place: known keys keep working while the issuer is down.
             self.fetch_failures += 1
             log.warning("JWKS fetch from %s failed: %s", self._url, type(exc).__name__)
+            trace.get_current_span().set_attribute("error.type", type(exc).__name__)
 
 
 def _parse(body: bytes) -> dict[str, dict[str, Any]]:

@@ -18,6 +18,7 @@ import hashlib
 
 from asyncpg import Record
 from asyncpg.pool import PoolConnectionProxy
+from opentelemetry import trace
 
 from gateway.errors import InvalidInput
 from gateway.principal import Principal
@@ -32,8 +33,10 @@ from prompts import (
 )
 from resilience.keys import key_of
 from sql import QUERIES
+from telemetry.spans import child_span
 
 GLOBAL_ORG = "_platform"
+_tracer = trace.get_tracer(__name__)
 
 KINDS = {"global": LayerKind.GLOBAL, "organization": LayerKind.ORGANISATION,
          "user": LayerKind.USER}
@@ -92,11 +95,12 @@ async def compose_for(
     principal: Principal,
     session: Session | None,
 ) -> ComposedPrompt:
-    layers = await saved_layers(conn, principal)
-    own = session_layer(session) if session is not None else None
-    if own is not None:
-        layers.append(own)
-    return composer.compose(layers, variables(principal, session))
+    with child_span(_tracer, "compose prompt"):
+        layers = await saved_layers(conn, principal)
+        own = session_layer(session) if session is not None else None
+        if own is not None:
+            layers.append(own)
+        return composer.compose(layers, variables(principal, session))
 
 
 def invalid_prompt(exc: PromptError, field: str) -> InvalidInput:

@@ -18,11 +18,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cachetools import TTLCache
+from opentelemetry import trace
 
 from gateway.errors import JwksUnavailable, Unauthenticated
 from gateway.jwks import JwksCache
 from oauth.errors import JwtRejected
 from oauth.jwt_rules import JwtPolicy, check_times, decode, key_from_jwk, read_header
+from telemetry.spans import child_span
+
+_tracer = trace.get_tracer(__name__)
 
 
 class TokenVerifier:
@@ -53,7 +57,8 @@ class TokenVerifier:
     async def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, or :class:`Unauthenticated` saying (safely) why not."""
         try:
-            return await self._verify(token)
+            with child_span(_tracer, "verify token"):
+                return await self._verify(token)
         except JwtRejected as exc:
             raise Unauthenticated(str(exc), reason=exc.reason) from None
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from importlib.metadata import version
 
 from fastmcp import FastMCP
+from opentelemetry.sdk.trace import TracerProvider
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
-from mcp_server import connect_routes, provider_tools, tools
+from mcp_server import connect_routes, provider_tools, tools, tracing
 from mcp_server.auth import AssertionMiddleware
 from mcp_server.lifespan import RuntimeHolder, lifespan_for
 from mcp_server.metrics import ServerMetrics
@@ -23,12 +24,14 @@ from mcp_server.scope import SessionToolScope
 from mcp_server.settings import McpServerSettings
 from oauth.assertion import AssertionVerifier
 from oauth.keys import load_public_key
+from telemetry.traces import flushing
 
 SERVER_NAME = "Gatehouse"
 INSTRUCTIONS = "Gatehouse tools, called as the organisation and user the gateway vouches for."
 
 
-def build_mcp(settings: McpServerSettings) -> FastMCP:
+def build_mcp(settings: McpServerSettings, trace_provider: TracerProvider | None = None
+              ) -> FastMCP:
     """The always-present tools, the connect flow's internal routes, and the lifespan that
     builds the provider runtime both use and registers the enabled providers' tools."""
     holder = RuntimeHolder()
@@ -38,7 +41,8 @@ def build_mcp(settings: McpServerSettings) -> FastMCP:
         instructions=INSTRUCTIONS,
         version=version("gatehouse"),  # serverInfo: what a client shows and reports bugs against
         # OperationTimer outermost (times it all), ToolOutcomes next to the tool
-        middleware=[OperationTimer(metrics), SessionToolScope(), UrlElicitationOffer(),
+        middleware=[*tracing.middleware(trace_provider, settings.trace_capture_arguments),
+                    OperationTimer(metrics), SessionToolScope(), UrlElicitationOffer(),
                     ToolOutcomes(metrics)],
         lifespan=lifespan_for(settings, holder, provider_tools.register, metrics),
     )
@@ -55,5 +59,6 @@ def build_mcp(settings: McpServerSettings) -> FastMCP:
 def create_app(settings: McpServerSettings | None = None) -> ASGIApp:
     resolved = settings or McpServerSettings()  # type: ignore[call-arg]  # from the environment
     verifier = AssertionVerifier(load_public_key(resolved.internal_public_key_file.read_bytes()))
-    app = build_mcp(resolved).http_app(path="/mcp", stateless_http=True)
-    return AssertionMiddleware(app, verifier)
+    provider = tracing.install()  # before the lifespan opens the (instrumented) HTTP session
+    app = build_mcp(resolved, provider).http_app(path="/mcp", stateless_http=True)
+    return flushing(AssertionMiddleware(app, verifier), provider)

@@ -65,3 +65,5 @@ class McpServerSettings(BaseSettings):
     # /metrics on a listener of its own (no assertion); port 0: not served
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Tool arguments and results as span attributes (opt-in: they may hold personal data)
+    trace_capture_arguments: bool = False

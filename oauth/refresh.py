@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+from opentelemetry import trace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -47,9 +48,11 @@ from oauth.token_endpoint import TokenResponse
 from oauth.vault import TokenBundle
 from resilience.keys import key_of
 from sql import Tenant
+from telemetry.spans import child_span
 
 RefreshGrant = Callable[[str], Awaitable[TokenResponse]]
 T = TypeVar("T")
+_tracer = trace.get_tracer(__name__)
 
 # KEYS[1]: the lock; ARGV[1]: the holder's token. Deletes the lock only if still held by it.
 RELEASE_LUA = """
@@ -105,7 +108,8 @@ class Refresher:
             raise NotConnected(provider)
         if not bundle.expires_within(self._margin):
             return bundle.access_token
-        return await self._single_flight(tenant, provider)
+        with child_span(_tracer, "token refresh", {"gatehouse.provider": provider}):
+            return await self._single_flight(tenant, provider)
 
     async def _single_flight(self, tenant: Tenant, provider: str) -> str:
         key = lock_key(self._namespace, tenant, provider)
@@ -120,6 +124,8 @@ class Refresher:
                     return await self._refresh_locked(tenant, provider, key)
                 finally:
                     await self._unlock(key, holder)
+            if not waiting:  # another caller (maybe another replica) holds the lock
+                trace.get_current_span().add_event("waiting for another refresh")
             if not waiting and self.on_wait is not None:
                 self.on_wait(provider)
             waiting = True

@@ -21,12 +21,15 @@ from urllib.parse import quote
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from opentelemetry import trace
 
 from oauth.errors import DecryptionFailed, VaultError
 from oauth.keyring import Keyring
+from telemetry.spans import child_span
 
 NONCE_BYTES = 12
 FORMAT_VERSION = "v1"
+_tracer = trace.get_tracer(__name__)
 
 
 @dataclass(frozen=True)
@@ -114,18 +117,19 @@ class Vault:
     def open(self, ref: ConnectionRef, sealed: Sealed) -> TokenBundle:
         """Decrypt; :class:`UnknownKeyId` if the key is gone, :class:`DecryptionFailed` if the
         ciphertext does not belong to ``ref`` or was altered."""
-        key = self._keyring.key(sealed.key_id)
-        if len(sealed.nonce) != NONCE_BYTES:
-            raise DecryptionFailed("stored nonce has the wrong length")
-        try:
-            plaintext = AESGCM(key).decrypt(
-                sealed.nonce, sealed.ciphertext, associated_data(ref, sealed.key_id)
-            )
-        except InvalidTag:
-            raise DecryptionFailed(
-                "stored tokens do not authenticate for this connection and key"
-            ) from None
-        return TokenBundle.from_json(plaintext)
+        with child_span(_tracer, "vault decrypt", {"gatehouse.vault.key_id": sealed.key_id}):
+            key = self._keyring.key(sealed.key_id)
+            if len(sealed.nonce) != NONCE_BYTES:
+                raise DecryptionFailed("stored nonce has the wrong length")
+            try:
+                plaintext = AESGCM(key).decrypt(
+                    sealed.nonce, sealed.ciphertext, associated_data(ref, sealed.key_id)
+                )
+            except InvalidTag:
+                raise DecryptionFailed(
+                    "stored tokens do not authenticate for this connection and key"
+                ) from None
+            return TokenBundle.from_json(plaintext)
 
     def reseal(self, ref: ConnectionRef, sealed: Sealed) -> Sealed:
         """Re-encrypt under the active key (for rotation)."""

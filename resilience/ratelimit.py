@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from limits import parse
+from opentelemetry import trace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -39,8 +40,10 @@ from resilience.breaker import NOW_LUA, TRANSITION_FUNCTION_LUA, BreakerTicket, 
 from resilience.errors import LimiterUnavailable
 from resilience.health import RedisHealth, health_of
 from resilience.keys import key_of
+from telemetry.spans import child_span
 
 REDIS_DEADLINE = 1.0  # seconds
+_tracer = trace.get_tracer(__name__)
 
 # KEYS: the n buckets, then (if asked) the breaker's hash. ARGV[1]: n; ARGV[2]: now ("" = Redis
 # TIME); ARGV[3 .. 2n+2]: each bucket's limit and window (seconds); then (if a breaker) its
@@ -186,6 +189,14 @@ async def admit(buckets: Sequence[Bucket], breaker: CircuitBreaker | None = None
     ticket to ``breaker.guard(ticket)`` around the call; if the call is not made after all,
     to ``breaker.release(ticket)``.
     """
+    attributes = {"gatehouse.limits": len(buckets), "gatehouse.breaker": breaker is not None}
+    with child_span(_tracer, "admission", attributes) as span:
+        admission = await _decide(buckets, breaker)
+        span.set_attribute("gatehouse.admitted", admission.admitted)
+        return admission
+
+
+async def _decide(buckets: Sequence[Bucket], breaker: CircuitBreaker | None) -> Admission:
     if not buckets:
         raise ValueError("admit needs at least one bucket")
     keys = [b.key for b in buckets]

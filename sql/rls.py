@@ -20,10 +20,13 @@ from typing import Protocol
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+from opentelemetry import trace
 
 from sql.errors import DatabaseUnavailable, InvalidTenant
+from telemetry.spans import child_span
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 _MAX_KEY_LENGTH = 255
 
@@ -96,12 +99,13 @@ async def rls_transaction(
     with ``org_wide`` the user-private rows of every member of the organisation are visible."""
     org_id = _checked(tenant.org_id, "org_id")
     user_id = _checked(tenant.user_id, "user_id")
-    with connection_loss_as_unavailable():
-        conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS)
-    try:
+    with child_span(_tracer, "rls transaction", {"gatehouse.org_id": org_id}):
         with connection_loss_as_unavailable():
-            async with conn.transaction():
-                await conn.execute(_SET_TENANT, org_id, user_id, "on" if org_wide else "")
-                yield conn
-    finally:
-        await _release(pool, conn)
+            conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT_SECONDS)
+        try:
+            with connection_loss_as_unavailable():
+                async with conn.transaction():
+                    await conn.execute(_SET_TENANT, org_id, user_id, "on" if org_wide else "")
+                    yield conn
+        finally:
+            await _release(pool, conn)
