@@ -45,9 +45,17 @@ _RPC_ERROR = re.compile(rb'"error":\s*\{\s*"code":\s*(-?\d{1,6})')
 
 
 def install(environ: Mapping[str, str] = os.environ) -> TracerProvider | None:
-    """The SDK (see :mod:`telemetry.traces`) with the asyncpg and Redis instrumentations;
-    ``None`` when tracing is off. (Not aiohttp's: the forward has its own CLIENT span.)"""
-    return traces.install(DEFAULT_SERVICE, traces.instrument_storage, environ)
+    """The SDK (see :mod:`telemetry.traces`) with the asyncpg instrumentation; ``None`` when
+    tracing is off. Not aiohttp's (the forward has its own CLIENT span) nor Redis's: the
+    gateway's one Redis command per request is the limiter's, already its ``admission`` span,
+    and every span costs each traced request tens of microseconds."""
+    return traces.install(DEFAULT_SERVICE, _instrument, environ)
+
+
+def _instrument(provider: TracerProvider) -> None:
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+    AsyncPGInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
 
 
 def middleware(provider: TracerProvider | None) -> list[Middleware]:

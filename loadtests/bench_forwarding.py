@@ -14,6 +14,14 @@ in flight.
 
 The two paths are measured in alternating rounds (direct, gateway, direct, ...) and the
 median round is reported, so drift in what else the machine is doing affects both alike.
+
+With tracing on: start the stack with every call sampled and exported to a loopback receiver,
+then run the benchmark as above (``loadtests/bench_overhead.py --tracing both`` measures both
+modes itself, starting its own processes)::
+
+    python -m loadtests.otlp_sink --port 4318 &
+    OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_TRACES_SAMPLER=always_on \\
+        GATEHOUSE_USER_RATE_LIMIT=100000000/minute gatehouse up
 """
 
 from __future__ import annotations
