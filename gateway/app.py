@@ -49,6 +49,8 @@ from prompts import PromptComposer
 from resilience import FailurePolicy, RateLimiter, create_redis
 from resilience.health import health_of
 from sql import create_pool, verify_app_role
+from telemetry import logs
+from telemetry.logs import AccessLogMiddleware
 
 API: list[Endpoint] = [
     *sessions.ENDPOINTS, *prompts_api.ENDPOINTS, *members.ENDPOINTS, *audit_api.ENDPOINTS,
@@ -129,6 +131,8 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
 
 def create_app(settings: GatewaySettings | None = None) -> Starlette:
     resolved = settings or GatewaySettings()  # type: ignore[call-arg]  # from the environment
+    logs.configure(resolved.log_format, resolved.log_level,
+                   own_loggers=("gateway", "oauth", "prompts", "sql", "resilience", "telemetry"))
     trace_provider = tracing.install()  # None unless OTEL_* asks for traces
 
     @asynccontextmanager
@@ -166,6 +170,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
         ],
         middleware=[
             *tracing.middleware(trace_provider),  # the SERVER span: outermost
+            Middleware(AccessLogMiddleware, logger="gateway.access"),
             Middleware(RequestContextMiddleware),
             Middleware(HeaderLimitMiddleware),
             Middleware(ProblemMiddleware),

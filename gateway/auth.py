@@ -19,6 +19,7 @@ from gateway.errors import Unauthenticated
 from gateway.principal import Principal
 from gateway.problem import error_response
 from gateway.services import Services, services_of
+from telemetry.logs import bind
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class AuthenticationMiddleware:
             return
         services = services_of(scope)
         try:
-            scope["state"]["principal"] = await self._authenticate(services, scope)
+            principal = await self._authenticate(services, scope)
         except Unauthenticated as exc:
             services.metrics.auth_failures.labels(exc.code).inc()
             await _audit_failure(services, exc.code, scope)
@@ -69,7 +70,9 @@ class AuthenticationMiddleware:
             response = error_response(exc, request_id=scope["state"].get("request_id"))
             await response(scope, receive, send)
             return
-        tracing.tag_tenant(scope["state"]["principal"].org_id)
+        scope["state"]["principal"] = principal
+        bind(org_id=principal.org_id, user_id=principal.user_id)
+        tracing.tag_tenant(principal.org_id)
         await self.app(scope, receive, send)
 
     async def _authenticate(self, services: Services, scope: Scope) -> Principal:

@@ -34,6 +34,7 @@ from gateway.services import Services, services_of
 from gateway.sessions import Session, usable
 from oauth.assertion import CallerIdentity
 from sql import rls_transaction
+from telemetry.logs import bind
 
 REQUEST_HEADERS = frozenset({
     b"accept", b"content-type", b"mcp-protocol-version", b"mcp-session-id", b"mcp-method",
@@ -166,6 +167,7 @@ class McpForwarder:
         if raw is None:
             return None
         session = await usable(services.pool, principal_of(scope), raw)
+        bind(session_id=str(session.id))
         services.activity.touch(session)
         return session
 

@@ -1,5 +1,8 @@
 """Pure ASGI middleware at the edge: request identity, metrics, and errors as problems.
 
+The access log line is :class:`telemetry.logs.AccessLogMiddleware`'s, placed outside these;
+request identity binds the request id (and the session a path names) to its log context.
+
 Pure ASGI (not ``BaseHTTPMiddleware``) so that streaming responses pass through untouched and
 context variables behave.
 """
@@ -20,6 +23,7 @@ from gateway.errors import BadRequest
 from gateway.metrics import route_family
 from gateway.problem import INTERNAL_ERROR, error_response, translate
 from gateway.services import services_of
+from telemetry.logs import bind
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ class RequestContextMiddleware:
         incoming = header(scope, b"x-request-id")
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         scope["state"]["request_id"] = request_id
+        bind(request_id=request_id)
         scope["state"]["traceparent"] = _traceparent(header(scope, b"traceparent"))
         metrics = services_of(scope).metrics
         route = route_family(scope["path"])
@@ -60,6 +65,17 @@ class RequestContextMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+        bind(session_id=_path_session(scope))
+
+
+def _path_session(scope: Scope) -> str | None:
+    """The session a request names (``/mcp/{session_id}``, ``/v1/sessions/{session_id}``...), for
+    its access line even when it was refused; only a well-formed id, never arbitrary text."""
+    raw = scope.get("path_params", {}).get("session_id")
+    try:
+        return str(uuid.UUID(raw)) if isinstance(raw, str) else None
+    except ValueError:
+        return None
 
 
 class ProblemMiddleware:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -73,6 +74,11 @@ class GatewaySettings(BaseSettings):
         "token can carry the organisation claim when the ID token does not"
     )
     signin_state_ttl_seconds: int = Field(default=600, ge=30, le=3600)
+
+    # json: one object a line (time, level, logger, message, request context); console: text.
+    # gatehouse up defaults to console. LOG_LEVEL DEBUG opens only Gatehouse's own loggers.
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     dev_issuer_key_file: Path | None = Field(
         default=None, description="development mode only: serve this key's JWKS at /dev/jwks.json"

@@ -24,6 +24,8 @@ from mcp_server.scope import SessionToolScope
 from mcp_server.settings import McpServerSettings
 from oauth.assertion import AssertionVerifier
 from oauth.keys import load_public_key
+from telemetry import logs
+from telemetry.logs import AccessLogMiddleware
 from telemetry.traces import flushing
 
 SERVER_NAME = "Gatehouse"
@@ -58,7 +60,10 @@ def build_mcp(settings: McpServerSettings, trace_provider: TracerProvider | None
 
 def create_app(settings: McpServerSettings | None = None) -> ASGIApp:
     resolved = settings or McpServerSettings()  # type: ignore[call-arg]  # from the environment
+    logs.configure(resolved.log_format, resolved.log_level,
+                   own_loggers=("mcp_server", "oauth", "sql", "resilience", "telemetry"))
     verifier = AssertionVerifier(load_public_key(resolved.internal_public_key_file.read_bytes()))
     provider = tracing.install()  # before the lifespan opens the (instrumented) HTTP session
     app = build_mcp(resolved, provider).http_app(path="/mcp", stateless_http=True)
-    return flushing(AssertionMiddleware(app, verifier), provider)
+    return flushing(AccessLogMiddleware(AssertionMiddleware(app, verifier), "mcp_server.access",
+                                        app.routes), provider)

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_server.errors import NoVerifiedCaller
 from oauth.assertion import AssertionVerifier, CallerIdentity
 from oauth.errors import AssertionRejected
+from telemetry.logs import bind
 
 _OPEN_PATHS = frozenset({"/healthz"})
 
@@ -53,6 +54,8 @@ class AssertionMiddleware:
             await _unauthorized(str(exc))(scope, receive, send)
             return
         scope.setdefault("state", {})["caller"] = caller
+        bind(request_id=caller.request_id, org_id=caller.org_id, user_id=caller.user_id,
+             session_id=caller.session_id)
         await self.app(scope, receive, send)
 
 

@@ -62,6 +62,10 @@ class McpServerSettings(BaseSettings):
     token_cache_seconds: float = Field(default=5.0, ge=0, le=60)  # 0: no cache (token_cache.py)
     connect_link_ttl_seconds: int = Field(default=600, ge=30, le=3600)
     connect_state_ttl_seconds: int = Field(default=600, ge=1, le=3600)  # one authorization
+    # json: one object a line (time, level, logger, message, request context); console: text.
+    # gatehouse up defaults to console. LOG_LEVEL DEBUG opens only Gatehouse's own loggers.
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # /metrics on a listener of its own (no assertion); port 0: not served
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535)

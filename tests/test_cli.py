@@ -143,6 +143,10 @@ async def test_up_runs_everything_and_stops_cleanly(project_dir: Path) -> None:
     log = (tmp_path / "up.log").read_text()
     assert "embedded PostgreSQL stopped" in log and "embedded Redis stopped" in log
     assert_root_notice(log, tmp_path)
+    # Under up both processes log readable text (GATEHOUSE_LOG_FORMAT defaults to console).
+    for access in ("gateway.access", "mcp_server.access"):
+        assert re.search(rf" INFO +{access} \[\S+\] POST /mcp 200$", log, re.M), log
+    assert not [line for line in log.splitlines() if line.startswith("{")], log
     # With `up` stopped, `audit verify` starts the cluster for itself and stops it again.
     verified = gatehouse(tmp_path, "audit", "verify")
     assert verified.returncode == 0 and "audit chain intact" in verified.stdout, verified

@@ -262,6 +262,7 @@ def _environment(
     env.update(_issuer(settings, data_dir, public_url))
     env["GATEHOUSE_PUBLIC_URL"] = public_url
     env["GATEHOUSE_MCP_SERVER_URL"] = f"http://{args.host}:{args.mcp_port}/mcp"
+    env.setdefault("GATEHOUSE_LOG_FORMAT", "console")  # a terminal, not a log shipper
     return env
 
 

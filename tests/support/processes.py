@@ -60,8 +60,7 @@ def start_uvicorn(factory: str, env: dict[str, str], log_dir: Path, name: str) -
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(port),
-                "--no-access-log",
+                str(port),  # uvicorn's access log on, as in production: the app turns it off
             ],
             env=full_env,
             stdout=out,
