@@ -175,6 +175,11 @@ SNIPPET = textwrap.dedent("""
         fail("local-value-never-logged")
     except ValueError:
         logging.getLogger("gatehouse_own").exception("it failed")
+    from opentelemetry.sdk.trace import TracerProvider
+    with TracerProvider().get_tracer("t").start_as_current_span("s") as span:
+        ids = span.get_span_context()
+        logging.getLogger("gatehouse_own").info(
+            "in a span %032x %016x", ids.trace_id, ids.span_id)
 """)
 
 
@@ -193,6 +198,9 @@ def test_json_lines_carry_extra_fields_and_tracebacks_without_locals() -> None:
     failure = by_message["it failed"]
     assert failure["level"] == "ERROR" and "ValueError: boom" in failure["exception"]
     assert "local-value-never-logged" not in "\n".join(output)
+    assert "trace_id" not in by_message["it failed"]  # no span, no ids
+    (traced,) = [r for r in records if r["message"].startswith("in a span ")]
+    assert traced["message"] == f"in a span {traced['trace_id']} {traced['span_id']}"
 
 
 def test_console_lines_are_readable_text() -> None:
