@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -174,8 +175,13 @@ def _print_run(result: report.RunResult, args: argparse.Namespace, out: Path) ->
         print(report.soak_summary(result.soak), flush=True)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop everything
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     output = (args.output or RESULTS / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
     output.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gatehouse-locust-"))  # short: Unix socket paths

@@ -26,10 +26,17 @@ RUN_BUDGET = 85  # seconds: stack start, 24 s of load, Locust's reports, stack s
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
     output = tmp_path_factory.mktemp("locust")
-    finished = subprocess.run(
-        [sys.executable, "-m", "loadtests.run_locust", "--users", str(USERS),
-         "--minutes", "0.4", "--think-scale", "0.1", "--output", str(output)],
-        cwd=REPO, capture_output=True, text=True, timeout=RUN_BUDGET)
+    command = [sys.executable, "-m", "loadtests.run_locust", "--users", str(USERS),
+               "--minutes", "0.4", "--think-scale", "0.1", "--output", str(output)]
+    runner = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        stdout, stderr = runner.communicate(timeout=RUN_BUDGET)
+    except subprocess.TimeoutExpired:
+        runner.terminate()  # the runner stops Locust and the stack on SIGTERM
+        stdout, stderr = runner.communicate(timeout=60)
+        pytest.fail(f"the runner took over {RUN_BUDGET}s:\n{stdout[-3000:]}{stderr[-3000:]}")
+    finished = subprocess.CompletedProcess(command, runner.returncode, stdout, stderr)
     return finished, output / f"users-{USERS}"
 
 
