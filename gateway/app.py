@@ -162,8 +162,8 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
             ),
             Route("/dev/jwks.json", routes.dev_jwks),
             Route("/openapi.json", openapi_json),
-            Route("/mcp", forwarder, methods=["GET", "POST", "DELETE"]),
-            Route("/mcp/{session_id}", forwarder, methods=["GET", "POST", "DELETE"]),
+            Route("/mcp", forwarder, methods=["POST"]),  # stateless: no GET stream, no DELETE
+            Route("/mcp/{session_id}", forwarder, methods=["POST"]),
             *(endpoint.route() for endpoint in API),
             *CONNECT_ROUTES,
             *dev_authorization.routes(resolved),  # development mode only

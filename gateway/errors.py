@@ -20,8 +20,12 @@ Lower packages raise their own roots (``sql.DatabaseError``, ``resilience.Resili
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
+
+# The part of a request an ``errors[].loc`` starts with.
+Location = Literal["body", "query", "path", "header"]
 
 # RFC 9110's names where Python's HTTPStatus still has the older ones.
 _TITLES = {413: "Content too large", 422: "Invalid input"}
@@ -52,11 +56,16 @@ class BadRequest(GatewayError):
     code = "bad_request"
     title = "Bad request"
 
-    def __init__(self, detail: str, *, status: int = 400, code: str = "bad_request") -> None:
+    def __init__(self, detail: str, *, status: int = 400, code: str = "bad_request",
+                 errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.title = title_of(status)
+        self.errors = errors  # located like InvalidInput's, when a part of the request is at fault
+
+    def extensions(self) -> dict[str, object]:
+        return {"errors": self.errors} if self.errors else {}
 
 
 class InvalidInput(GatewayError):
@@ -64,15 +73,24 @@ class InvalidInput(GatewayError):
     code = "validation_failed"
     title = "Invalid input"
 
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__("the request does not match the schema; see errors")
+    def __init__(self, errors: list[dict[str, Any]],
+                 detail: str = "the request does not match the schema; see errors") -> None:
+        super().__init__(detail)
         self.errors = errors
+
+    @staticmethod
+    def error(where: Location, path: Sequence[str | int], message: str, kind: str
+              ) -> dict[str, Any]:
+        """One ``errors[]`` entry. Every 422 locates its errors one way, like FastAPI: the
+        request part first, then the path inside it (``["body", "allowed_tools", 2]``,
+        ``["query", "limit"]``, ``["header", "idempotency-key"]``; ``["body"]``: all of it)."""
+        return {"loc": [where, *path], "msg": message, "type": kind}
 
     @classmethod
     def at(cls, field: str, message: str, kind: str, *, line: int | None = None,
            column: int | None = None) -> InvalidInput:
         """One invalid body field; ``line``/``column`` locate the problem inside its text."""
-        error: dict[str, Any] = {"loc": ["body", field], "msg": message, "type": kind}
+        error = cls.error("body", [field], message, kind)
         if line is not None:
             error |= {"line": line, "column": column}
         return cls([error])

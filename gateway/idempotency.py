@@ -29,7 +29,7 @@ from asyncpg.pool import PoolConnectionProxy
 from starlette.responses import Response
 
 from gateway.api.endpoints import Call
-from gateway.errors import BadRequest, Conflict
+from gateway.errors import BadRequest, Conflict, InvalidInput
 from sql import QUERIES, Tenant
 
 HEADER = "idempotency-key"
@@ -100,7 +100,9 @@ async def claim_key(conn: PoolConnectionProxy, call: Call, tenant: Tenant) -> Cl
         return Claim(tenant, key, digest, ttl)
     if bytes(row["fingerprint"]) != digest:
         raise BadRequest("this Idempotency-Key was used for a different request; use a new "
-                         "key", status=422, code="idempotency_key_reused")
+                         "key", status=422, code="idempotency_key_reused", errors=[
+                             InvalidInput.error("header", [HEADER], "already used for a "
+                                                "different request", "idempotency_key_reused")])
     headers = {REPLAYED_HEADER: "true"}
     if row["location"]:
         headers["Location"] = row["location"]

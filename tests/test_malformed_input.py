@@ -209,6 +209,33 @@ def test_wrong_content_type_and_oversized_body_have_matching_titles(
     assert assert_problem(too_large, 413, "payload_too_large")["title"] == "Content too large"
 
 
+# --- one loc convention ------------------------------------------------------------------------
+
+
+def _locs(resp: httpx.Response) -> list[list[str | int]]:
+    return [error["loc"] for error in assert_problem(resp, 422, resp.json()["code"])["errors"]]
+
+
+def test_every_422_locates_its_errors_by_request_part_then_path(
+    gateway: Server, owner: dict[str, str]
+) -> None:
+    """Issue 12 item 5: one ``loc`` convention, FastAPI's: body, query or header first."""
+    fields = v1(gateway, owner, "POST", "/v1/sessions",
+                b'{"name": 1, "allowed_tools": ["echo", ""], "surprise": true}')
+    assert sorted(_locs(fields), key=str) == [
+        ["body", "allowed_tools", 1], ["body", "name"], ["body", "surprise"]]
+    assert _locs(v1(gateway, owner, "POST", "/v1/sessions", b"{")) == [["body"]]
+    assert _locs(v1(gateway, owner, "POST", "/v1/sessions", b'{"prompt": "{{"}')) == [
+        ["body", "prompt"]]
+    query = httpx.get(gateway.url + "/v1/sessions?limit=0&bogus=1", headers=owner, timeout=10)
+    assert sorted(_locs(query), key=str) == [["query", "bogus"], ["query", "limit"]]
+    key = {**owner, "Idempotency-Key": uuid.uuid4().hex}
+    assert v1(gateway, key, "POST", "/v1/sessions", b'{"name": "a"}').status_code == 201
+    reused = v1(gateway, key, "POST", "/v1/sessions", b'{"name": "b"}')
+    assert reused.json()["code"] == "idempotency_key_reused"
+    assert _locs(reused) == [["header", "idempotency-key"]]
+
+
 # --- permission before the body ----------------------------------------------------------------
 
 
@@ -266,6 +293,18 @@ def test_router_404_and_405_are_problems_with_request_id(gateway: Server) -> Non
     wrong = httpx.request("PATCH", gateway.url + "/healthz", timeout=10)
     assert assert_problem(wrong, 405, "method_not_allowed")["title"] == "Method not allowed"
     assert wrong.headers["allow"]
+
+
+@pytest.mark.parametrize("path", ["/mcp", "/mcp/00000000-0000-0000-0000-000000000000"])
+def test_get_on_mcp_is_a_405_problem_allowing_post(
+    gateway: Server, owner: dict[str, str], path: str
+) -> None:
+    """Issue 12 item 5: mcp_server is stateless, so no GET stream is ever served; the refusal
+    is ours, a problem document with request_id, not mcp_server's text/plain."""
+    resp = httpx.get(gateway.url + path, timeout=10,
+                     headers={**owner, "Accept": "text/event-stream"})
+    assert assert_problem(resp, 405, "method_not_allowed")["title"] == "Method not allowed"
+    assert resp.headers["allow"] == "POST"
 
 
 # --- raw sockets -------------------------------------------------------------------------------

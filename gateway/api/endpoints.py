@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.auth import principal_of
-from gateway.errors import BadRequest, InvalidInput
+from gateway.errors import BadRequest, InvalidInput, Location
 from gateway.jsonbody import JsonBodyError, loads
 from gateway.permissions import require
 from gateway.principal import Principal
@@ -76,10 +76,10 @@ class Endpoint:
         return Route(self.path, endpoint, methods=[self.method])
 
 
-def _errors(exc: ValidationError) -> list[dict[str, Any]]:
+def _errors(exc: ValidationError, where: Location) -> list[dict[str, Any]]:
     # The rejected input is never echoed back: it may be large, or secret.
     return [
-        {"loc": [str(part) for part in err["loc"]], "msg": err["msg"], "type": err["type"]}
+        InvalidInput.error(where, err["loc"], err["msg"], err["type"])
         for err in exc.errors(include_url=False, include_input=False, include_context=False)
     ]
 
@@ -97,9 +97,9 @@ async def _parse_body(request: Request, model: type[BaseModel] | None) -> Any:
         # PostgreSQL cannot store.
         return model.model_validate_json(raw)
     except JsonBodyError as exc:
-        raise InvalidInput([{"loc": ["body"], "msg": str(exc), "type": "json_invalid"}]) from exc
+        raise InvalidInput([InvalidInput.error("body", [], str(exc), "json_invalid")]) from exc
     except ValidationError as exc:
-        raise InvalidInput(_errors(exc)) from exc
+        raise InvalidInput(_errors(exc, "body")) from exc
 
 
 async def _read(request: Request) -> bytes:
@@ -124,4 +124,4 @@ def _parse_query(request: Request, model: type[BaseModel] | None) -> Any:
     try:
         return model.model_validate(dict(request.query_params))
     except ValidationError as exc:
-        raise InvalidInput(_errors(exc)) from exc
+        raise InvalidInput(_errors(exc, "query")) from exc

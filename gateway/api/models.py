@@ -131,6 +131,19 @@ class AuditQuery(_Strict):
     cursor: str | None = Field(default=None, pattern=r"^[0-9]{1,18}$")
 
 
+class FieldError(BaseModel):
+    """One invalid part of a request (422), located the way FastAPI and pydantic do."""
+
+    loc: list[str | int] = Field(description=(
+        "where: the request part (body, query, path or header) then the path inside it, e.g. "
+        '["body", "allowed_tools", 2], ["query", "limit"], ["header", "idempotency-key"]; '
+        '["body"] alone is the body as a whole'))
+    msg: str
+    type: str = Field(description="a stable kind, e.g. missing, string_too_long, unknown_tool")
+    line: int | None = Field(default=None, description="inside a template text: its line")
+    column: int | None = Field(default=None, description="inside a template text: its column")
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details; ``code`` is stable and meant for programs."""
 
@@ -140,7 +153,7 @@ class Problem(BaseModel):
     code: str
     detail: str
     request_id: str | None = None
-    errors: list[dict[str, Any]] | None = None
+    errors: list[FieldError] | None = None
 
 
 LayerName = Literal["global", "organization", "user"]
