@@ -29,6 +29,7 @@ from gateway.connect import ROUTES as CONNECT_ROUTES
 from gateway.connect.signin_oidc import SigninClient
 from gateway.forwarding import McpForwarder
 from gateway.jwks import JwksCache
+from gateway.mcp_version import McpVersionMiddleware
 from gateway.metrics import Metrics
 from gateway.middleware import (
     HeaderLimitMiddleware,
@@ -178,6 +179,7 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
                        allowed=allowed_origins(resolved.public_url, resolved.allowed_origins)),
             Middleware(AuthenticationMiddleware),
             Middleware(UserRateLimitMiddleware),
+            Middleware(McpVersionMiddleware),  # an unsupported MCP-Protocol-Version: 400
         ],
         exception_handlers={HTTPException: http_exception},
         lifespan=lifespan,
