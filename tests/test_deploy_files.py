@@ -17,7 +17,7 @@ import sys
 import tempfile
 import tomllib
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import helm_python as helm
@@ -35,6 +35,7 @@ from tests.support.processes import Server, free_port, wait_healthy
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 CHART = DOCKER / "helm" / "gatehouse"
+METRICS_PORT = 9464  # mcp_server's /metrics listener in compose and the chart
 # The oldest Kubernetes still commonly run and the newest kubernetes-validate knows.
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 IDP_ENV = {
@@ -143,6 +144,48 @@ def test_compose_healthchecks_probe_readiness(compose: dict[str, Any]) -> None:
         assert "/healthz" in " ".join(server["healthcheck"]["test"]), name
     for name in ("postgres", "redis"):
         assert compose["services"][name]["healthcheck"]["test"], name
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Bind mounts as docker-compose resolves them: container path -> (host path, mode)."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target, mode = volume.split(":")
+        found[target] = (source, mode)
+    return found
+
+
+def test_compose_serves_mcp_server_metrics_on_the_backend_only(compose: dict[str, Any]) -> None:
+    """mcp_server's /metrics listener is on every replica, reachable on the backend network
+    (Prometheus) and published nowhere."""
+    for name, server in _services(compose, "mcp-server-").items():
+        env = server["environment"]
+        assert env["GATEHOUSE_METRICS_PORT"] == str(METRICS_PORT), name
+        assert env["GATEHOUSE_METRICS_HOST"] == "0.0.0.0", name  # not loopback: Prometheus
+        assert str(METRICS_PORT) in server["expose"], name
+        assert "ports" not in server, name
+        assert set(server["networks"]) == {"backend"}, name
+
+
+def test_compose_grafana_is_provisioned_from_the_repository(compose: dict[str, Any]) -> None:
+    """Grafana's provisioning reaches the Prometheus service and loads the dashboards from
+    where compose mounts them; its port is published on loopback only."""
+    grafana = compose["services"]["grafana"]
+    mounts = _mounts(grafana)
+    provisioning = mounts["/etc/grafana/provisioning"]
+    assert provisioning == (str(DOCKER / "grafana" / "provisioning"), "ro")
+    (source,) = yaml.safe_load(
+        (DOCKER / "grafana/provisioning/datasources/prometheus.yaml").read_text())["datasources"]
+    url = httpx.URL(source["url"])
+    prometheus = compose["services"]["prometheus"]
+    assert url.host == "prometheus" and set(grafana["networks"]) <= set(prometheus["networks"])
+    assert any(p.endswith(f":{url.port}/tcp") for p in prometheus["ports"])
+    (provider,) = yaml.safe_load(
+        (DOCKER / "grafana/provisioning/dashboards/gatehouse.yaml").read_text())["providers"]
+    dashboards, mode = mounts[provider["options"]["path"]]
+    assert mode == "ro" and (Path(dashboards) / "gatehouse.json").is_file()
+    assert grafana["ports"] and all(p.startswith("127.0.0.1:") for p in grafana["ports"])
+    assert grafana["read_only"] is True and grafana["cap_drop"] == ["ALL"]
 
 
 def test_compose_refuses_to_run_without_an_identity_provider() -> None:
@@ -298,8 +341,13 @@ def test_compose_services_run_on_a_read_only_filesystem_with_their_secrets(
     the gateway is ready and nothing tried to write."""
     services = compose["services"]
     data = {"GATEHOUSE_DATABASE_URL": database.app_url, "GATEHOUSE_REDIS_URL": redis_url}
+    metrics_port = free_port()
     server = _as_container(
-        services["mcp-server-1"], _compose_env_for(services["mcp-server-1"], data),
+        services["mcp-server-1"],
+        _compose_env_for(services["mcp-server-1"], {
+            **data, "GATEHOUSE_METRICS_HOST": "127.0.0.1",
+            "GATEHOUSE_METRICS_PORT": str(metrics_port),
+        }),
         container_root, "mcp-server",
     )
     gateway_port_env = {
@@ -316,6 +364,11 @@ def test_compose_services_run_on_a_read_only_filesystem_with_their_secrets(
         ready = httpx.get(gateway.url + "/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
         assert all(check["ok"] for check in ready.json()["checks"].values())
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+        assert scraped.status_code == 200
+        assert "mcp_server_operation_duration_seconds" in scraped.text
+        on_mcp_port = httpx.get(server.url + "/metrics", timeout=10)  # needs an assertion
+        assert on_mcp_port.status_code == 401 and "mcp_server_" not in on_mcp_port.text
     finally:
         for process in (gateway, server):
             if process is not None:
@@ -370,16 +423,38 @@ def test_haproxy_balances_every_replica_with_health_checks(compose: dict[str, An
 
 
 def test_prometheus_config_is_valid_and_scrapes_every_replica(compose: dict[str, Any]) -> None:
+    """promtool checks the config and the rule files it names (a missing one fails it)."""
     result = _run([_tool("promtool", "prometheus"), "check", "config",
                    str(DOCKER / "prometheus.yml")])
     assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"SUCCESS: [1-9]\d* rules found", result.stdout), result.stdout
     config = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    assert [(DOCKER / f).resolve() for f in config["rule_files"]] == [
+        DOCKER / "prometheus" / "alerts.yml"
+    ]
     targets = {
         job["job_name"]: {t for sc in job["static_configs"] for t in sc["targets"]}
         for job in config["scrape_configs"]
     }
     assert targets["gateway"] == {f"{n}:8000" for n in _services(compose, "gateway-")}
-    assert targets["mcp_server"] == {f"{n}:8001" for n in _services(compose, "mcp-server-")}
+    assert targets["mcp_server"] == {
+        f"{n}:{METRICS_PORT}" for n in _services(compose, "mcp-server-")
+    }
+
+
+def test_prometheus_service_mounts_the_rules_where_its_config_finds_them(
+    compose: dict[str, Any],
+) -> None:
+    """Relative rule_files resolve against the config file's folder, in the container too."""
+    prometheus = compose["services"]["prometheus"]
+    assert "command" not in prometheus  # the image's --config.file, below
+    mounts = _mounts(prometheus)
+    config_file = "/etc/prometheus/prometheus.yml"
+    assert mounts[config_file] == (str(DOCKER / "prometheus.yml"), "ro")
+    config = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    for rule_file in config["rule_files"]:
+        in_container = str(PurePosixPath(config_file).parent / rule_file)
+        assert mounts[in_container] == (str((DOCKER / rule_file).resolve()), "ro"), rule_file
 
 
 # --- Helm -----------------------------------------------------------------------------------
@@ -455,6 +530,11 @@ def test_values_schema_rejects_bad_values() -> None:
         _render({"secrets": CHART_SECRETS, "unknownSetting": 1})
     with pytest.raises(helm.HelmError, match="tokenKeys"):
         _render({"secrets": {k: v for k, v in CHART_SECRETS.items() if k != "tokenKeys"}})
+    with pytest.raises(helm.HelmError, match="metricsPort"):
+        _render({"secrets": CHART_SECRETS, "mcpServer": {"metricsPort": 0}})
+    with pytest.raises(helm.HelmError, match="podSelectr"):  # a typo would allow everyone
+        _render({"secrets": CHART_SECRETS, "networkPolicy": {"metricsFrom": [
+            {"podSelectr": {"matchLabels": {"app": "prometheus"}}}]}})
 
 
 def test_only_gateways_reach_mcp_server(manifests: list[Manifest]) -> None:
@@ -473,6 +553,51 @@ def test_only_gateways_reach_mcp_server(manifests: list[Manifest]) -> None:
     allowed = peer["podSelector"]["matchLabels"]
     assert allowed.items() <= gateway_labels.items()
     assert not allowed.items() <= server_labels.items()
+    (container,) = server["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert ports["http"] == 8001  # the MCP port, not the metrics one
+
+
+def _mcp_server_container(manifests: list[Manifest]) -> dict[str, Any]:
+    server = _kind(manifests, "Deployment")["gh-gatehouse-mcp-server"]
+    (container,) = server["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def test_mcp_server_pods_serve_metrics_on_their_own_port(manifests: list[Manifest]) -> None:
+    server = _kind(manifests, "Deployment")["gh-gatehouse-mcp-server"]
+    container = _mcp_server_container(manifests)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == METRICS_PORT and ports["http"] != METRICS_PORT
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["GATEHOUSE_METRICS_PORT"] == str(METRICS_PORT)
+    assert env["GATEHOUSE_METRICS_HOST"] == "0.0.0.0"  # reachable at the pod's address
+    annotations = server["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(METRICS_PORT)
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_metrics_peers_reach_only_the_metrics_port() -> None:
+    """networkPolicy.metricsFrom opens mcp_server's metrics port to those peers, never its
+    MCP port, which stays the gateways' alone."""
+    monitoring = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    manifests = _render({"secrets": CHART_SECRETS,
+                         "networkPolicy": {"enabled": True, "metricsFrom": [monitoring]}})
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, K8S_VERSIONS[-1], strict=True)
+    (policy,) = _kind(manifests, "NetworkPolicy").values()
+    gateways, metrics = policy["spec"]["ingress"]
+    assert monitoring not in gateways["from"]
+    assert gateways["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert metrics["from"] == [monitoring]
+    assert metrics["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    named = {p["name"] for p in _mcp_server_container(manifests)["ports"]}
+    assert {"http", "metrics"} <= named  # the policy's named ports exist on the pod
 
 
 def test_migration_runs_as_a_pre_install_and_pre_upgrade_hook(manifests: list[Manifest]) -> None:
