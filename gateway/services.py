@@ -4,7 +4,7 @@ through ``scope["state"]["services"]`` (never a module global)."""
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -19,6 +19,7 @@ from gateway.principal import ClaimMapping
 from gateway.provisioning import Provisioner
 from gateway.settings import GatewaySettings
 from gateway.tokens import TokenVerifier
+from gateway.tool_catalogue import ToolCatalogue
 from oauth.assertion import AssertionSigner
 from prompts import PromptComposer
 
@@ -44,6 +45,7 @@ class Services:
     activity: SessionActivity
     composer: PromptComposer
     signin: SigninClient | None  # only when sign-in to /connect is configured
+    tools: ToolCatalogue = field(default_factory=ToolCatalogue)  # names for allowed_tools
 
 
 def services_of(scope: MutableMapping[str, Any]) -> Services:

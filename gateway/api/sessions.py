@@ -89,6 +89,20 @@ def _check_prompt(call: Call, prompt: str | None, variables: Mapping[str, Any]) 
             raise invalid_prompt(exc, "prompt") from exc
 
 
+async def _check_tools(call: Call, tools: list[str] | None) -> None:
+    """An allow-list names only tools mcp_server offers: a misspelt name would silently allow
+    nothing, and a name no tool has yet would allow whatever later takes it."""
+    if not tools:
+        return
+    unknown = await call.services.tools.unknown(call.services, call.principal, call.request_id,
+                                                tools)
+    if unknown:
+        raise InvalidInput(
+            [InvalidInput.error("body", ["allowed_tools", tools.index(name)],
+                                f"no tool is named {name!r}", "unknown_tool") for name in unknown],
+            detail="allowed_tools names tools that do not exist: " + ", ".join(unknown))
+
+
 def _org_wide(principal: Principal) -> bool:
     return granted(principal.roles, ADMIN_PERMISSION)
 
@@ -103,14 +117,19 @@ async def create_session(call: Call) -> Response:
     settings, principal = call.services.settings, call.principal
     new = _new_session(call, body)
     _check_prompt(call, body.prompt, body.variables or {})
+    await _check_tools(call, body.allowed_tools)
     async with rls_transaction(call.services.pool, principal, org_wide=True) as conn:
         claim = await claim_key(conn, call, principal)
         if claim.replay is not None:
             return claim.replay
-        await sessions.reserve_slot(conn, principal, per_user=settings.session_max_active_per_user,
-                                    per_org=settings.session_max_active_per_org)
-        session = await sessions.insert(conn, principal, new)
-        await call.services.audit.record(conn, _audit(call, "session.create", session.id))
+        # One round trip (lock, caps, insert, audit row): the organisation's lock is held
+        # from it to the commit only, however busy the event loop is.
+        session_id = uuid.uuid4()
+        entry = _audit(call, "session.create", session_id)
+        caps = sessions.Caps(settings.session_max_active_per_user,
+                             settings.session_max_active_per_org)
+        session = await sessions.create(conn, session_id, new, caps, entry)
+        call.services.audit.written(entry)
         created = _json(to_model(session), 201, {"Location": f"/v1/sessions/{session.id}"})
         return await claim.remember(conn, created)
 
@@ -188,6 +207,7 @@ async def update_session(call: Call) -> Response:
         if "prompt" in changed or "variables" in changed:  # the prompt must fit what it gets
             _check_prompt(call, changed.get("prompt", session.prompt),
                           changed.get("variables", session.variables) or {})
+        await _check_tools(call, changed.get("allowed_tools"))
         if changed:
             changes = _changes(call, body, changed)
             session = await sessions.update(conn, principal, session_id, changes) or session
