@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -105,10 +106,13 @@ class Soak:
         self.started = time.monotonic()
         self.minute = 0
 
-    def tick(self) -> None:
-        if time.monotonic() - self.started < (self.minute + 1) * 60:
+    def tick(self, final: bool = False) -> None:
+        """Read every minute; ``final``: once more as the run stops, so the last reading is at
+        the end of the soak (numbered as the minute it falls in)."""
+        elapsed = time.monotonic() - self.started
+        if elapsed < (self.minute + 1) * 60 and not final:
             return
-        self.minute += 1
+        self.minute = max(self.minute + 1, math.ceil(elapsed / 60)) if final else self.minute + 1
         now: dict[str, report.Sample] = {}
         for w in self.watched:
             with contextlib.suppress(psutil.Error):
@@ -155,6 +159,8 @@ def run_once(stack: Stack, grants_url: str, users: int, args: argparse.Namespace
         deadline = started + seconds + STOP_GRACE + REPORT_DEADLINE
         _wait_for(out / SUMMARY, locust, deadline, log, soak)
         after, wall = _cpu(watched), time.monotonic() - started
+        if soak is not None:
+            soak.tick(final=True)
         locust.wait(max(1.0, deadline - time.monotonic()))
     finally:
         if locust.poll() is None:
