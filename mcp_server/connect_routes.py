@@ -44,10 +44,10 @@ def _problem(status: int, code: str, message: str) -> JSONResponse:
 def _flow(holder: RuntimeHolder, state_ttl: int) -> ConnectFlow:
     """A flow over the runtime the lifespan built."""
     runtime = holder.runtime
-    if runtime is None or runtime.vault is None:
+    if runtime is None or runtime.grants is None:
         raise ConnectRejected("not_configured", "Connecting providers is not available.")
-    vault = runtime.vault
-    return ConnectFlow(vault.redis, vault.store, runtime.http, runtime.providers,
+    grants = runtime.grants
+    return ConnectFlow(grants.redis, grants.store, runtime.http, runtime.providers,
                        public_url=runtime.public_url, state_ttl=state_ttl)
 
 
@@ -64,7 +64,7 @@ async def _json(request: Request) -> dict[str, str]:
         raise ConnectRejected("invalid_request", "The request is too large.")
     try:
         document = json.loads(body or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
         raise ConnectRejected("invalid_request", "The request is not JSON.") from None
     if not isinstance(document, dict):
         raise ConnectRejected("invalid_request", "The request is not a JSON object.")

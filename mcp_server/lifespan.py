@@ -54,7 +54,11 @@ class ToolLimits:
 
 
 @dataclass(frozen=True)
-class Vault:
+class GrantAccess:
+    """Users' stored provider grants and what guards their use: the encrypted store, the
+    single-flight refresher, the shared Redis, the tool limits, and the sealed-row cache.
+    (The AES sealer itself is :class:`oauth.vault.Vault`.)"""
+
     store: TokenStore
     refresher: Refresher
     redis: Redis
@@ -66,7 +70,7 @@ class Vault:
 class ProviderRuntime:
     providers: Mapping[str, ConfiguredProvider]
     apis: Mapping[str, ProviderApi]
-    vault: Vault | None
+    grants: GrantAccess | None  # None: no token vault configured, so no provider tools
     public_url: str
     connect_link_ttl: int
     http: aiohttp.ClientSession
@@ -94,10 +98,10 @@ def _limits(settings: McpServerSettings, redis: Redis) -> ToolLimits:
     return limits
 
 
-async def _vault(
+async def _grant_access(
     settings: McpServerSettings, stack: AsyncExitStack, http: aiohttp.ClientSession,
     providers: Mapping[str, ConfiguredProvider], metrics: ServerMetrics,
-) -> Vault | None:
+) -> GrantAccess | None:
     if not (settings.database_url and settings.redis_url and settings.token_keys):
         return None
     keyring = Keyring.parse(settings.token_keys.get_secret_value())
@@ -117,7 +121,7 @@ async def _vault(
     refresher.on_wait = lambda p: metrics.refresh_lock_waits.labels(metrics.provider(p)).inc()
     ttl = settings.token_cache_seconds
     cache = ConnectionCache(pool, store.vault, ttl=ttl) if ttl > 0 else None
-    return Vault(store, refresher, redis, _limits(settings, redis), cache)
+    return GrantAccess(store, refresher, redis, _limits(settings, redis), cache)
 
 
 def _apis(
@@ -210,7 +214,7 @@ async def _runtime(settings: McpServerSettings, stack: AsyncExitStack, metrics: 
         http, settings.providers, load_catalogue(),
         discovery_timeout=settings.discovery_timeout_seconds,
     )
-    vault = await _vault(settings, stack, http, providers, metrics)
-    apis = {} if vault is None else _apis(settings, http, vault.redis, providers)
-    return ProviderRuntime(providers, apis, vault, settings.public_url.rstrip("/"),
+    grants = await _grant_access(settings, stack, http, providers, metrics)
+    apis = {} if grants is None else _apis(settings, http, grants.redis, providers)
+    return ProviderRuntime(providers, apis, grants, settings.public_url.rstrip("/"),
                            settings.connect_link_ttl_seconds, http, metrics)

@@ -46,7 +46,13 @@ from mcp.shared.exceptions import UrlElicitationRequiredError
 
 from mcp_server.auth import current_caller
 from mcp_server.errors import ConnectRequired, ToolFailed, tool_failure, unavailable, unexpected
-from mcp_server.lifespan import REFRESH_MARGIN, RUNTIME_KEY, ProviderRuntime, ToolLimits, Vault
+from mcp_server.lifespan import (
+    REFRESH_MARGIN,
+    RUNTIME_KEY,
+    GrantAccess,
+    ProviderRuntime,
+    ToolLimits,
+)
 from mcp_server.provider_watch import BreakerWatch
 from oauth.assertion import CallerIdentity
 from oauth.connect_links import issue_connect_link
@@ -108,19 +114,19 @@ async def run_provider_tool(
     """Call ``call(api, access_token)`` for the current caller, mapping every failure."""
     runtime = _runtime(ctx)
     api = None if runtime is None else runtime.apis.get(provider)
-    if runtime is None or runtime.vault is None or api is None:
+    if runtime is None or runtime.grants is None or api is None:
         # Only listed when enabled (provider_tools), so only a stale or racing client gets here.
         raise ToolFailed(f"provider {provider!r} is not configured on this Gatehouse server")
     caller = current_caller()
     try:
-        return await _run(runtime, runtime.vault, api, caller, tool, provider, call)
+        return await _run(runtime, runtime.grants, api, caller, tool, provider, call)
     except Exception as exc:  # never let a provider body or token surface through FastMCP
-        raise await _answer(runtime, runtime.vault, caller, tool, provider, scopes, exc
+        raise await _answer(runtime, runtime.grants, caller, tool, provider, scopes, exc
                             ) from None
 
 
 async def _answer(
-    runtime: ProviderRuntime, vault: Vault, caller: CallerIdentity, tool: str, provider: str,
+    runtime: ProviderRuntime, grants: GrantAccess, caller: CallerIdentity, tool: str, provider: str,
     scopes: tuple[str, ...], exc: Exception,
 ) -> ToolFailed:
     """The tool's answer to ``exc`` (see :func:`mcp_server.errors.tool_failure`), with a
@@ -135,28 +141,28 @@ async def _answer(
     if not isinstance(answer, ConnectRequired) or answer.url:
         return answer
     try:
-        return answer.with_url(await _link(runtime, vault, caller, provider))
+        return answer.with_url(await _link(runtime, grants, caller, provider))
     except Exception as link_exc:  # Redis down, say: the answer still must not leak
         log.error("tool %s: no connect link (%s)", tool, type(link_exc).__name__)
         return unexpected(tool)
 
 
 async def _run(
-    runtime: ProviderRuntime, vault: Vault, api: ProviderApi, caller: CallerIdentity,
+    runtime: ProviderRuntime, grants: GrantAccess, api: ProviderApi, caller: CallerIdentity,
     tool: str, provider: str, call: ProviderCall[T],
 ) -> T:
     breaker = api.breaker.scoped(caller.org_id)  # one tenant's failures open only its own
     watch = BreakerWatch(runtime.metrics, provider, caller.org_id, breaker)
-    ticket = await _admit(vault.limits, api, breaker, caller, tool, provider, watch)
+    ticket = await _admit(grants.limits, api, breaker, caller, tool, provider, watch)
     view = api.admitted(ticket, breaker)
     try:
-        token = await _fresh_token(vault, caller, provider)
+        token = await _fresh_token(grants, caller, provider)
         async with watch.timed():
             return await call(view, token)
     except ProviderUnauthorized:
-        if vault.cache is not None:
-            vault.cache.forget(caller, provider)
-        await vault.store.mark_needs_reconnect(caller, provider)
+        if grants.cache is not None:
+            grants.cache.forget(caller, provider)
+        await grants.store.mark_needs_reconnect(caller, provider)
         raise
     finally:
         await view.release_unused()
@@ -192,21 +198,21 @@ async def _admit(limits: ToolLimits, api: ProviderApi, breaker: CircuitBreaker,
     return admission.ticket
 
 
-async def _fresh_token(vault: Vault, caller: CallerIdentity, provider: str) -> str:
+async def _fresh_token(grants: GrantAccess, caller: CallerIdentity, provider: str) -> str:
     """From the sealed-row cache when fresh; else through the refresher (database, lock)."""
-    if vault.cache is not None:
-        bundle = await vault.cache.bundle(caller, provider)
+    if grants.cache is not None:
+        bundle = await grants.cache.bundle(caller, provider)
         if bundle is None:
             raise NotConnected(provider)
         if not bundle.expires_within(REFRESH_MARGIN):
             return bundle.access_token
-        vault.cache.forget(caller, provider)
-    return await vault.refresher.access_token(caller, provider)
+        grants.cache.forget(caller, provider)
+    return await grants.refresher.access_token(caller, provider)
 
 
-async def _link(runtime: ProviderRuntime, vault: Vault, caller: CallerIdentity, provider: str
+async def _link(runtime: ProviderRuntime, grants: GrantAccess, caller: CallerIdentity, provider: str
                 ) -> str:
     return await issue_connect_link(
-        vault.redis, runtime.public_url, caller.org_id, caller.user_id, provider,
+        grants.redis, runtime.public_url, caller.org_id, caller.user_id, provider,
         ttl=runtime.connect_link_ttl,
     )
