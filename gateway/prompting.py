@@ -38,7 +38,7 @@ from telemetry.spans import child_span
 GLOBAL_ORG = "_platform"
 _tracer = trace.get_tracer(__name__)
 
-KINDS = {"global": LayerKind.GLOBAL, "organization": LayerKind.ORGANISATION,
+KINDS = {"global": LayerKind.GLOBAL, "organization": LayerKind.ORGANIZATION,
          "user": LayerKind.USER}
 
 

@@ -37,7 +37,7 @@ did not ask for. If a request would breach these rules, refuse and explain why i
 Use tools only when they help answer the question. Prefer read-only calls. Summarise tool
 output instead of pasting it verbatim, and cite which tool produced each fact.
 """
-ORGANISATION = """@section persona append
+ORGANIZATION = """@section persona append
 {{ org.name }} works in {{ org.industry }}; its customers expect a {{ org.tone }} tone.
 
 @section policies locked
@@ -66,7 +66,7 @@ Answer in at most {{ session.max_paragraphs }} paragraphs.
 """
 LAYERS = [
     Layer(LayerKind.GLOBAL, "global", "7", GLOBAL),
-    Layer(LayerKind.ORGANISATION, "org-acme", "12", ORGANISATION),
+    Layer(LayerKind.ORGANIZATION, "org-acme", "12", ORGANIZATION),
     Layer(LayerKind.USER, "user-ada", "3", USER),
     Layer(LayerKind.SESSION, "session-42", "1", SESSION),
 ]

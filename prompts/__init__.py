@@ -1,7 +1,7 @@
 """Hierarchical system-prompt composition in a sandboxed Jinja2 environment.
 
 Layers (global → organisation → user → session) are templates made of named sections
-(:mod:`prompts.sections` documents the syntax, :mod:`prompts.compose` the rules). Variables
+(:mod:`prompts.sections` documents the syntax, :mod:`prompts.layering` the rules). Variables
 are plain data and every value a template prints is cleaned and fenced into a data block
 (:mod:`prompts.sanitize`). Rendering is sandboxed and bounded (:mod:`prompts.sandbox`,
 :mod:`prompts.limits`). Validation refuses text that would not compose for a caller with only

@@ -25,9 +25,9 @@ from datetime import UTC, date, datetime
 
 from prompts.cache import LockedLRU
 from prompts.compiler import CompiledLayer, compile_layer
-from prompts.compose import check_locks, ordered, plan
 from prompts.errors import InvalidLayers, InvalidVariables, PromptError, TemplateInvalid
 from prompts.guarantees import Guaranteed, check_guarantees
+from prompts.layering import check_locks, ordered, plan
 from prompts.limits import RenderBudget, RenderLimits
 from prompts.model import (
     UNSAVED_VERSION,

@@ -28,14 +28,14 @@ class LayerKind(enum.IntEnum):
     """Composition order: a higher value is composed later and may refine earlier ones."""
 
     GLOBAL = 0
-    ORGANISATION = 1
+    ORGANIZATION = 1
     USER = 2
     SESSION = 3
 
     @property
     def label(self) -> str:
         """How people (and the gateway's API) name layers of this kind in messages."""
-        return "organization" if self is LayerKind.ORGANISATION else self.name.lower()
+        return "organization" if self is LayerKind.ORGANIZATION else self.name.lower()
 
 
 def mark_layer(exc: PromptError, ref: LayerRef) -> None:

@@ -18,8 +18,8 @@ from jinja2 import TemplateError, UndefinedError
 from jinja2.exceptions import SecurityError
 
 from prompts.compiler import CompiledLayer, CompiledSection, column_of
-from prompts.compose import Plan
 from prompts.errors import PromptError, RenderFailed, RenderLimitExceeded, UnsafeTemplate
+from prompts.layering import Plan
 from prompts.limits import RenderBudget, active_budget, too_big
 from prompts.model import ComposedPrompt, PromptVariables, mark_layer
 

@@ -11,7 +11,7 @@ from sql.queries import QUERIES
 @dataclass(frozen=True)
 class ChainReport:
     rows: int
-    organisations: int
+    organizations: int
     broken_rows: int
     first_break: tuple[str, int] | None  # (organisation, seq) of the first broken row
 

@@ -84,7 +84,6 @@ def mcp_server(
         {
             "GATEHOUSE_INTERNAL_PUBLIC_KEY_FILE": str(internal_keys.public),
             "GATEHOUSE_DATABASE_URL": database.app_url,
-        "GATEHOUSE_DATABASE_POOL_SIZE": "4",
             "GATEHOUSE_DATABASE_POOL_SIZE": "4",  # many stacks share one server's connections
             "GATEHOUSE_REDIS_URL": redis_url,
             "GATEHOUSE_TOKEN_KEYS": generate_entry("test1"),
@@ -119,6 +118,7 @@ def gateway_env(
     """Settings of a gateway that trusts the test identity provider."""
     return {
         "GATEHOUSE_DATABASE_URL": database.app_url,
+        "GATEHOUSE_DATABASE_POOL_SIZE": "4",
         "GATEHOUSE_REDIS_URL": redis_url,
         "GATEHOUSE_MCP_SERVER_URL": mcp_server.url + "/mcp",
         "GATEHOUSE_INTERNAL_KEY_FILE": str(internal_keys.private),

@@ -210,7 +210,7 @@ _DETAIL_VALUE = st.recursive(
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(target=_CALLER_TEXT, actor=_CALLER_TEXT, request_id=_CALLER_TEXT,
        details=st.dictionaries(_CALLER_TEXT, _DETAIL_VALUE, max_size=8))
-def test_no_caller_value_keeps_other_organisations_entries_from_being_written(
+def test_no_caller_value_keeps_other_organizations_entries_from_being_written(
     database: Database, redis_url: str, target: str, actor: str, request_id: str,
     details: dict[str, Any],
 ) -> None:
@@ -293,7 +293,7 @@ def raw_tools_call(name_json: str) -> bytes:
             + name_json + '", "arguments": {}}}').encode()
 
 
-async def test_a_poisoned_tool_name_does_not_stop_other_organisations_audit(
+async def test_a_poisoned_tool_name_does_not_stop_other_organizations_audit(
     start_gateway: Any, idp: OidcProvider, database: Database
 ) -> None:
     fast = start_gateway(audit_flush_seconds="0.2")

@@ -251,7 +251,7 @@ def test_provider_error_is_shown_escaped(stack: SigninStack, agent: httpx.Client
     assert HOSTILE not in answer.text and "&lt;script&gt;" in answer.text
 
 
-def test_user_without_an_organisation_is_refused(stack: SigninStack, agent: httpx.Client) -> None:
+def test_user_without_an_organization_is_refused(stack: SigninStack, agent: httpx.Client) -> None:
     back = urlsplit(sign_in_at_provider(stack, start(agent), stack.user(org=None)))
     assert_refused(agent, call_back(agent, back.query), "organisation")
 

@@ -83,7 +83,7 @@ def orgs(count: int) -> list[str]:
     return [f"noisy-{run}-{i}" for i in range(count)]
 
 
-async def test_an_organisation_past_its_share_leaves_the_others_theirs(
+async def test_an_organization_past_its_share_leaves_the_others_theirs(
     stack: StackFactory, env: Env
 ) -> None:
     gateway = stack(provider_rate_limit="8/minute", org_provider_rate_limit="3/minute")
@@ -107,7 +107,7 @@ async def test_an_organisation_past_its_share_leaves_the_others_theirs(
                     r"retry in \d+ s", capped), capped
 
 
-async def test_one_organisations_failures_open_only_its_own_breaker(
+async def test_one_organizations_failures_open_only_its_own_breaker(
     stack: StackFactory, env: Env
 ) -> None:
     gateway = stack(breaker_failure_threshold="3", breaker_reset_seconds="60")

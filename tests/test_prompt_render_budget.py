@@ -129,7 +129,7 @@ def test_the_layers_of_one_composition_share_one_budget() -> None:
     # alone, refused together.
     limits = RenderLimits(max_work_chars=1_000_000, max_seconds=60)
     spend = "{% for i in range(3) %}{% set t = ('x' * 100000)|upper %}{% endfor %}ok"
-    org = Layer(LayerKind.ORGANISATION, "o", "1", spend)
+    org = Layer(LayerKind.ORGANIZATION, "o", "1", spend)
     user = Layer(LayerKind.USER, "u", "1", spend)
     for alone in (org, user):
         PromptComposer(limits=limits).compose([alone], PromptVariables())
@@ -193,7 +193,7 @@ def test_a_viewers_abusive_preview_is_422_within_the_budget(
     assert elapsed < BUDGET + MARGIN, elapsed
 
 
-def test_another_organisation_is_answered_in_normal_time_meanwhile(
+def test_another_organization_is_answered_in_normal_time_meanwhile(
     gateway: Server, idp: OidcProvider, viewer: str
 ) -> None:
     neighbour = idp.access_token(f"neighbour-{uuid.uuid4().hex[:8]}", "nia", ["member"])

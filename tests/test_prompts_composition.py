@@ -19,7 +19,7 @@ from prompts import (
 
 DAY = date(2026, 1, 2)
 G = LayerKind.GLOBAL
-ORG = LayerKind.ORGANISATION
+ORG = LayerKind.ORGANIZATION
 U = LayerKind.USER
 S = LayerKind.SESSION
 

@@ -31,7 +31,7 @@ from tests.support.oidc_provider import OidcProvider
 from tests.support.processes import Server
 from tests.test_prompts_api import call, save, token
 
-ORG = LayerKind.ORGANISATION
+ORG = LayerKind.ORGANIZATION
 README_PROBE = (
     "@section persona replace\n"
     "You are the assistant of {{ org.id }}, helping {{ user.name }}.\n"

@@ -237,6 +237,6 @@ def test_locked_section_ignores_later_layers() -> None:
 
 def test_saving_a_layer_that_touches_a_locked_section_is_refused() -> None:
     with pytest.raises(SectionLocked) as caught:
-        PromptComposer().validate(SNEAKY, kind=LayerKind.ORGANISATION, above=[GLOBAL])
+        PromptComposer().validate(SNEAKY, kind=LayerKind.ORGANIZATION, above=[GLOBAL])
     assert caught.value.section == "rules" and caught.value.locked_by == "g"
     assert (caught.value.line, caught.value.column) == (1, 10)

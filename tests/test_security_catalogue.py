@@ -59,7 +59,8 @@ def test_every_case_names_existing_tests() -> None:
         for file_name, test in named:
             assert file_name, f"case {number}: '::{test}' has no file before it"
             if test is not None:
-                assert test in functions_of(file_name), f"case {number}: {file_name}::{test} is gone"
+                gone = f"case {number}: {file_name}::{test} is gone"
+                assert test in functions_of(file_name), gone
 
 
 def test_only_the_ssrf_cases_wait_for_their_issue() -> None:

@@ -97,7 +97,7 @@ def id_requests(world: World, victim: str) -> list[tuple[str, str, dict[str, Any
 
 
 @pytest.mark.parametrize("attacker", ["admin_a", "member_a"])
-async def test_other_organisations_ids_answer_404_and_touch_nothing(
+async def test_other_organizations_ids_answer_404_and_touch_nothing(
     gateway: Server, world: World, database: Database, attacker: str
 ) -> None:
     before = await row_snapshot(database)
@@ -161,7 +161,7 @@ def test_unknown_and_malformed_ids_answer_404(gateway: Server, world: World) -> 
     )
 
 
-def test_lists_show_only_ones_own_organisation(gateway: Server, world: World) -> None:
+def test_lists_show_only_ones_own_organization(gateway: Server, world: World) -> None:
     mine = api(gateway, world.member_a, "GET", "/v1/sessions").json()["items"]
     assert {s["user_id"] for s in mine} == {"abe"}
     everyone = api(gateway, world.admin_a, "GET", "/v1/sessions?all_users=true").json()["items"]

@@ -241,7 +241,8 @@ async def test_errors_are_typed_and_no_span_carries_a_secret(traced: Traced) -> 
                and s.kind in ("SERVER", "CLIENT")]
     assert len(errored) == 3
     for span in errored:
-        assert span.attributes.get("error.type") == "tool_error", (span.service, span.kind, span.attributes)
+        assert span.attributes.get("error.type") == "tool_error", (
+            span.service, span.kind, span.attributes)
         assert span.status_code == 2 and "ticket" not in span.status_message
 
     secret_values = [bearer, stranger_bearer, forged, old_access, old_refresh,

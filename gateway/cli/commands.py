@@ -218,7 +218,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
         print(f"audit chain BROKEN: organisation {org_id!r}, first broken row seq={seq} "
               f"({report.broken_rows} row(s) fail verification)")
         return 1
-    print(f"audit chain intact: {report.rows} row(s) in {report.organisations} organisation(s)")
+    print(f"audit chain intact: {report.rows} row(s) in {report.organizations} organization(s)")
     return 0
 
 

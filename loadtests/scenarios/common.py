@@ -34,7 +34,7 @@ from oauth.keys import load_private_key
 # An agent's calls are seconds apart: it reads, thinks (an LLM turn) and acts.
 _SCALE = float(os.environ.get("LOADTEST_THINK_SCALE", "1"))
 THINK = between(1.0 * _SCALE, 3.0 * _SCALE)
-ORGANISATIONS = 10
+ORGANIZATIONS = 10
 TOKEN_LIFETIME = 3600
 REMINT_AFTER = 1800  # seconds; a soak outlives one token
 _NUMBERS = itertools.count()
@@ -80,7 +80,7 @@ class GatehouseUser(HttpUser):
 
     def on_start(self) -> None:
         number = next(_NUMBERS)
-        self.org = f"load-{number % ORGANISATIONS}"
+        self.org = f"load-{number % ORGANIZATIONS}"
         self.user_id = f"{self.scenario}-{os.getpid()}-{number}"
         self._minted_at = 0.0
         self._token = ""

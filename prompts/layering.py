@@ -1,4 +1,4 @@
-"""The composition rules: which layer's section bodies end up in the prompt, in what order.
+"""The layering rules: which layer's section bodies end up in the prompt, in what order.
 
 Layers are applied in :class:`~prompts.model.LayerKind` order (global, organisation, user,
 session); a missing layer is simply not applied. For each section a layer declares, in the
