@@ -186,6 +186,11 @@ class AuditTrail:
     async def record(self, conn: PoolConnectionProxy, entry: AuditEntry) -> None:
         """Append ``entry`` in the caller's transaction."""
         await conn.execute(QUERIES["append_audit"], *entry.values())
+        self.written(entry)
+
+    def written(self, entry: AuditEntry) -> None:
+        """Count ``entry``, which the caller's own statement wrote in its transaction (a
+        session create writes its audit row in the same round trip as the session)."""
         self._metrics.audited(entry.event)
 
     def enqueue(self, entry: AuditEntry) -> None:

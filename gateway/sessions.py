@@ -20,6 +20,7 @@ import asyncpg
 from asyncpg import Record
 from asyncpg.pool import PoolConnectionProxy
 
+from gateway.audit import AuditEntry
 from gateway.errors import Conflict, NotFound
 from gateway.principal import Principal
 from sql import QUERIES, rls_transaction
@@ -104,30 +105,45 @@ def parse_id(raw: str) -> uuid.UUID:
         raise NotFound("no such session") from exc
 
 
-async def reserve_slot(
-    conn: PoolConnectionProxy, principal: Principal, *, per_user: int, per_org: int
-) -> None:
-    """Room for one more active session, or :class:`Conflict`. Holds the organisation's
-    creation lock until the transaction ends, so the caps hold however many creates race."""
-    await conn.execute(QUERIES["lock_session_quota"], principal.org_id)
-    counts = await conn.fetchrow(
-        QUERIES["count_active_sessions"], principal.org_id, principal.user_id
-    )
-    assert counts is not None
-    if counts["user_active"] >= per_user:
-        raise Conflict(f"at most {per_user} active sessions per user; close one first",
-                       code="session_quota_exceeded")
-    if counts["org_active"] >= per_org:
-        raise Conflict(f"at most {per_org} active sessions per organisation",
-                       code="session_quota_exceeded")
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """The most active sessions a user, and an organisation, may hold."""
+
+    per_user: int
+    per_org: int
 
 
-async def insert(conn: PoolConnectionProxy, principal: Principal, new: NewSession) -> Session:
-    row = await conn.fetchrow(
-        QUERIES["insert_session"], principal.org_id, principal.user_id, new.name,
-        new.allowed_tools, json.dumps(new.variables), json.dumps(new.metadata),
-        new.ttl_seconds, new.prompt,
-    )
+# Raised by gatehouse_create_session (migration 0007) when a cap is reached; DETAIL names it.
+QUOTA_EXCEEDED = "GH001"
+
+
+def _refusal(exc: asyncpg.PostgresError, caps: Caps) -> Conflict:
+    if getattr(exc, "detail", None) == "user":
+        message = f"at most {caps.per_user} active sessions per user; close one first"
+    else:
+        message = f"at most {caps.per_org} active sessions per organisation"
+    return Conflict(message, code="session_quota_exceeded")
+
+
+async def create(
+    conn: PoolConnectionProxy, session_id: uuid.UUID, new: NewSession, caps: Caps,
+    audit: AuditEntry,
+) -> Session:
+    """Create the session for the transaction's own tenant, with its ``audit`` row, or raise
+    :class:`Conflict` if a cap is reached. One round trip: the organisation's creation lock,
+    taken inside it, is held until the transaction ends, so the caps hold however many creates
+    race. The transaction must be organisation-wide (the organisation's count sees every
+    member's sessions)."""
+    try:
+        row = await conn.fetchrow(
+            QUERIES["create_session"], session_id, new.name, new.allowed_tools,
+            json.dumps(new.variables), json.dumps(new.metadata), new.ttl_seconds, new.prompt,
+            caps.per_user, caps.per_org, *audit.values(),
+        )
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate != QUOTA_EXCEEDED:
+            raise
+        raise _refusal(exc, caps) from exc
     assert row is not None
     return _session(row)
 

@@ -232,3 +232,10 @@ WHERE org_id = $1 AND user_id = $2 AND key = $3 AND expires_at > now();
 INSERT INTO idempotency_keys (org_id, user_id, key, fingerprint, status, location, body,
                               expires_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8));
+
+-- name: create_session
+-- The whole create in one round trip (migration 0007): the organisation's creation lock, the
+-- caps check ($8 per user, $9 per organisation; SQLSTATE GH001 when reached), the insert for
+-- the transaction's tenant and the audit row ($10-$16, append_audit's values).
+SELECT * FROM gatehouse_create_session($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                                       $10, $11, $12, $13, $14, $15, $16);

@@ -162,6 +162,14 @@ prompt_layers prompt_layers_write INSERT using - check ((org_id = ( SELECT NULLI
 provider_connections provider_connections_tenant ALL using ((org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) AND ((user_id = ( SELECT NULLIF(current_setting('app.user_id'::text, true), ''::text) AS "nullif")) OR (( SELECT current_setting('app.org_wide'::text, true) AS current_setting) = 'on'::text))) check ((org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) AND ((user_id = ( SELECT NULLIF(current_setting('app.user_id'::text, true), ''::text) AS "nullif")) OR (( SELECT current_setting('app.org_wide'::text, true) AS current_setting) = 'on'::text)))
 sessions sessions_tenant ALL using ((org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) AND ((user_id = ( SELECT NULLIF(current_setting('app.user_id'::text, true), ''::text) AS "nullif")) OR (( SELECT current_setting('app.org_wide'::text, true) AS current_setting) = 'on'::text))) check ((org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) AND ((user_id = ( SELECT NULLIF(current_setting('app.user_id'::text, true), ''::text) AS "nullif")) OR (( SELECT current_setting('app.org_wide'::text, true) AS current_setting) = 'on'::text)))
 users users_tenant ALL using (org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif")) check (org_id = ( SELECT NULLIF(current_setting('app.org_id'::text, true), ''::text) AS "nullif"))
+-- functions
+audit_field_digest(text) returns bytea security invoker immutable app_execute=true
+audit_log_chain() returns trigger security invoker volatile app_execute=true
+audit_log_immutable() returns trigger security invoker volatile app_execute=true
+audit_row_hash(bytea,audit_log) returns bytea security invoker immutable app_execute=true
+audit_row_hash_v2(bytea,audit_log) returns bytea security invoker immutable app_execute=true
+audit_row_hash_versioned(bytea,audit_log) returns bytea security invoker immutable app_execute=true
+gatehouse_create_session(uuid,text,text[],jsonb,jsonb,integer,text,integer,integer,text,text,text,text,text,jsonb,text) returns sessions security invoker volatile set search_path=pg_catalog, public app_execute=true
 -- grants
 audit_log INSERT,SELECT
 idempotency_keys DELETE,INSERT,SELECT

@@ -1,5 +1,6 @@
 """A canonical, diffable description of the database schema (tables, columns, constraints,
-indexes, RLS flags, policies, grants), used to check that migrations produce ``sql/schema.sql``.
+indexes, RLS flags, policies, functions, grants), used to check that migrations produce
+``sql/schema.sql``.
 
 Regenerate after adding a migration:
     python -m tests.support.schema postgresql://postgres@127.0.0.1/DB > sql/schema.sql
@@ -31,6 +32,17 @@ _SECTIONS = {
         SELECT tablename || ' ' || policyname || ' ' || cmd || ' using ' || COALESCE(qual, '-')
                || ' check ' || COALESCE(with_check, '-')
         FROM pg_policies WHERE schemaname = 'public' ORDER BY 1""",
+    "functions": """
+        SELECT p.oid::regprocedure::text || ' returns ' || pg_get_function_result(p.oid)
+               || CASE WHEN p.prosecdef THEN ' security definer' ELSE ' security invoker' END
+               || CASE p.provolatile WHEN 'i' THEN ' immutable' WHEN 's' THEN ' stable'
+                  ELSE ' volatile' END
+               || COALESCE(' set ' || array_to_string(p.proconfig, ' '), '')
+               || ' app_execute=' || has_function_privilege('gatehouse_app', p.oid, 'EXECUTE')
+        FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                          AND d.objid = p.oid AND d.deptype = 'e')
+        ORDER BY 1""",
     "grants": """
         SELECT table_name || ' ' || string_agg(privilege_type, ',' ORDER BY privilege_type)
         FROM information_schema.role_table_grants
