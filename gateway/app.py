@@ -48,6 +48,7 @@ from oauth.assertion import AssertionSigner
 from oauth.keys import load_private_key
 from prompts import PromptComposer
 from resilience import FailurePolicy, RateLimiter, create_redis
+from resilience.draining import Draining
 from resilience.health import health_of
 from sql import create_pool, verify_app_role
 from telemetry import logs
@@ -172,6 +173,8 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
         middleware=[
             *tracing.middleware(trace_provider),  # the SERVER span: outermost
             Middleware(AccessLogMiddleware, logger="gateway.access"),
+            # SIGTERM: /readyz answers 503 for the grace before the server stops accepting
+            Middleware(Draining, probe="/readyz", grace=resolved.shutdown_grace_seconds),
             Middleware(RequestContextMiddleware),
             Middleware(HeaderLimitMiddleware),
             Middleware(ProblemMiddleware),

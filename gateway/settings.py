@@ -60,6 +60,9 @@ class GatewaySettings(BaseSettings):
     max_header_bytes: int = Field(default=65_536, ge=16_384)
     max_header_count: int = Field(default=200, ge=32)
     upstream_timeout_seconds: float = Field(default=60, gt=0)
+    # SIGTERM: seconds the readiness probe answers 503 before the server stops accepting, so a
+    # balancer takes the replica out first (resilience/draining.py); 0: stop at once
+    shutdown_grace_seconds: float = Field(default=0.0, ge=0, le=60)
     assertion_lifetime_seconds: int = Field(default=30, ge=1, le=60)
     connect_session_ttl_seconds: int = Field(default=1800, ge=60, le=86_400)
 

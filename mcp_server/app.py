@@ -24,6 +24,7 @@ from mcp_server.scope import SessionToolScope
 from mcp_server.settings import McpServerSettings
 from oauth.assertion import AssertionVerifier
 from oauth.keys import load_public_key
+from resilience.draining import Draining
 from telemetry import logs
 from telemetry.logs import AccessLogMiddleware
 from telemetry.traces import flushing
@@ -65,5 +66,7 @@ def create_app(settings: McpServerSettings | None = None) -> ASGIApp:
     verifier = AssertionVerifier(load_public_key(resolved.internal_public_key_file.read_bytes()))
     provider = tracing.install()  # before the lifespan opens the (instrumented) HTTP session
     app = build_mcp(resolved, provider).http_app(path="/mcp", stateless_http=True)
-    return flushing(AccessLogMiddleware(AssertionMiddleware(app, verifier), "mcp_server.access",
-                                        app.routes), provider)
+    served = flushing(AccessLogMiddleware(AssertionMiddleware(app, verifier), "mcp_server.access",
+                                          app.routes), provider)
+    # SIGTERM: /healthz (what a balancer of mcp_servers checks) answers 503 for the grace first
+    return Draining(served, probe="/healthz", grace=resolved.shutdown_grace_seconds)

@@ -49,6 +49,9 @@ class McpServerSettings(BaseSettings):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     discovery_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
     provider_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # SIGTERM: seconds the readiness probe answers 503 before the server stops accepting, so a
+    # balancer takes the replica out first (resilience/draining.py); 0: stop at once
+    shutdown_grace_seconds: float = Field(default=0.0, ge=0, le=60)
     provider_max_response_bytes: int = Field(default=1_048_576, ge=1024, le=16_777_216)
     provider_rate_limit: str = "6000/minute"  # per provider, all organisations together
     org_provider_rate_limit: str = "1200/minute"  # per (organisation, provider)
