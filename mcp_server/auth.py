@@ -2,10 +2,15 @@
 
 Anything else (no token, a user's own identity-provider token, an expired or forged assertion)
 is answered 401 before FastMCP sees it. The verified caller is put in ``scope["state"]`` for
-tools to read through :func:`current_caller`.
+tools to read through :func:`current_caller`, with the request id the gateway sent in
+``X-Request-Id`` (an assertion is reused across requests, so it no longer carries one).
 """
 
 from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import replace
 
 from fastmcp.server.dependencies import get_http_request
 from starlette.responses import JSONResponse
@@ -17,6 +22,7 @@ from oauth.errors import AssertionRejected
 from telemetry.logs import bind
 
 _OPEN_PATHS = frozenset({"/healthz"})
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")  # the gateway's own rule
 
 
 def _unauthorized(detail: str) -> JSONResponse:
@@ -43,20 +49,36 @@ class AssertionMiddleware:
         if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        values = [v for k, v in scope["headers"] if k == b"authorization"]
-        scheme, _, token = (values[0].decode("latin-1") if len(values) == 1 else "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        token, request_id = _credentials(scope)
+        if token is None:
             await _unauthorized("an internal assertion is required")(scope, receive, send)
             return
         try:
-            caller = self.verifier.verify(token.strip())
+            caller = self.verifier.verify(token, request_id=request_id)
         except AssertionRejected as exc:
             await _unauthorized(str(exc))(scope, receive, send)
             return
+        if not caller.request_id:  # neither header nor (older) claim: this hop names it
+            caller = replace(caller, request_id=uuid.uuid4().hex)
         scope.setdefault("state", {})["caller"] = caller
         bind(request_id=caller.request_id, org_id=caller.org_id, user_id=caller.user_id,
              session_id=caller.session_id)
         await self.app(scope, receive, send)
+
+
+def _credentials(scope: Scope) -> tuple[str | None, str | None]:
+    """The bearer assertion (``None`` unless exactly one) and a well-formed request id."""
+    values, request_id = [], None
+    for key, value in scope["headers"]:
+        if key == b"authorization":
+            values.append(value)
+        elif key == b"x-request-id":
+            request_id = value.decode("latin-1")
+    scheme, _, token = (values[0].decode("latin-1") if len(values) == 1 else "").partition(" ")
+    token = token.strip()
+    if request_id is not None and not _REQUEST_ID.match(request_id):
+        request_id = None
+    return (token if scheme.lower() == "bearer" and token else None), request_id
 
 
 def current_caller() -> CallerIdentity:
