@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -21,7 +22,7 @@ from typing import NoReturn
 
 from tqdm import tqdm
 
-from gateway.cli import devissuer, devtoken, embedded, instance
+from gateway.cli import devissuer, devtoken, embedded, fleet, instance
 from gateway.cli.config import (
     DEFAULT_DATA_DIR,
     DEFAULT_GATEWAY_PORT,
@@ -41,6 +42,8 @@ from sql import apply_migrations, set_app_password, verify_audit_chain
 log = logging.getLogger("gatehouse")
 
 APP_ROLE = "gatehouse_app"
+GATEWAY_APP = "gateway.app:create_app"
+MCP_SERVER_APP = "mcp_server.app:create_app"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="the gateway's port, the one MCP clients use (default: 8000)")
     up.add_argument("--mcp-port", type=_port, default=DEFAULT_MCP_PORT,
                     help="mcp_server's port, reached only by the gateway (default: 8001)")
+    up.add_argument("--replicas", type=_replicas, default=0, metavar="N",
+                    help="run N gateways and N mcp_servers on free loopback ports behind HAProxy "
+                    "(apt-get install haproxy), which then listens on --gateway-port and "
+                    "--mcp-port")
 
     devtoken.add_parser(commands)
 
@@ -109,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
 def _port(value: str) -> int:
     if not value.isdigit() or not 0 < int(value) < 65536:
         raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, not {value!r}")
+    return int(value)
+
+
+def _replicas(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 32:
+        raise argparse.ArgumentTypeError(f"replicas is a number from 1 to 32, not {value!r}")
     return int(value)
 
 
@@ -224,6 +237,10 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     settings = UpSettings()
+    haproxy = fleet.haproxy_path()
+    if args.replicas and haproxy is None:
+        print(f"gatehouse up: {fleet.INSTALL_HINT}", file=sys.stderr, flush=True)
+        return 2
     data_dir: Path = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -239,14 +256,22 @@ def _up(args: argparse.Namespace) -> int:
         supervisor = Supervisor(data_dir)
         supervisor.install_signal_handlers()
         stack.callback(supervisor.stop)
-        failed = _start_children(supervisor, args, env)
-        if failed is not None:
-            return failed
+        drain = settings.shutdown_drain_seconds
+        started: fleet.Layout | int | None
+        if args.replicas:
+            assert haproxy is not None
+            started = _start_fleet(supervisor, args, env, (data_dir, haproxy, drain))
+        else:
+            started = _start_children(supervisor, args, env, drain)
+        if isinstance(started, int):
+            return started
         instance.publish(data_dir, instance.Running(
             os.getpid(), public_url, env.get("GATEHOUSE_ISSUER", settings.issuer or ""),
             audience(settings, public_url), settings.issuer is None))
         stack.callback(instance.withdraw, data_dir)
-        _banner(public_url, env, settings.issuer is None, args.data_dir)
+        layout = (None if started is None else fleet.banner(
+            started, public_url, _probe_host(args.host), data_dir / "haproxy.cfg"))
+        _banner(public_url, env, settings.issuer is None, args.data_dir, layout)
         return supervisor.run()
 
 
@@ -267,18 +292,49 @@ def _environment(
 
 
 def _start_children(
-    supervisor: Supervisor, args: argparse.Namespace, env: dict[str, str]
+    supervisor: Supervisor, args: argparse.Namespace, env: dict[str, str], drain: int
 ) -> int | None:
     """Start mcp_server, then the gateway; None once both are healthy, else `up`'s exit code.
 
     mcp_server first: the gateway must not take MCP traffic before its upstream listens.
     """
-    for spec in (
-        _child("mcp_server", "mcp_server.app:create_app", args.mcp_port, args, env),
-        _child("gateway", "gateway.app:create_app", args.gateway_port, args, env),
-    ):
+    return _start_tiers(supervisor, [
+        [_child("mcp_server", MCP_SERVER_APP, args.host, args.mcp_port, env, drain)],
+        [_child("gateway", GATEWAY_APP, args.host, args.gateway_port, env, drain)],
+    ])
+
+
+def _start_fleet(
+    supervisor: Supervisor, args: argparse.Namespace, env: dict[str, str],
+    where: tuple[Path, str, int],
+) -> fleet.Layout | int:
+    """The mcp_servers, HAProxy, the gateways; the layout once HAProxy has every replica in
+    rotation, else `up`'s exit code."""
+    data_dir, haproxy, drain = where
+    layout = fleet.plan(args.host, args.gateway_port, args.mcp_port, args.replicas)
+    replica_env = fleet.replica_env(env)
+    failed = _start_tiers(supervisor, [
+        [_replica(name, MCP_SERVER_APP, port, replica_env, drain)
+         for name, port in layout.mcp_servers.items()],
+        [fleet.haproxy_spec(layout, data_dir, haproxy)],
+        [_replica(name, GATEWAY_APP, port, replica_env, drain)
+         for name, port in layout.gateways.items()],
+    ])
+    if failed is not None:
+        return failed
+    if fleet.in_rotation(layout, stopping=lambda: supervisor.stopping):
+        return layout
+    if supervisor.stopping:
+        return 0
+    log.error("HAProxy did not put every replica in rotation within %.0fs; see %s",
+              fleet.ROTATION_TIMEOUT, layout.stats_url)
+    return 1
+
+
+def _start_tiers(supervisor: Supervisor, tiers: list[list[ChildSpec]]) -> int | None:
+    for tier in tiers:
         try:
-            if not supervisor.start(spec):
+            if not supervisor.start(*tier):
                 return 0  # Ctrl-C during start-up
         except SupervisorError as exc:
             log.error("%s", exc)
@@ -348,12 +404,19 @@ def _issuer(settings: UpSettings, data_dir: Path, public_url: str) -> dict[str, 
 
 
 def _child(
-    name: str, factory: str, port: int, args: argparse.Namespace, env: dict[str, str]
+    name: str, factory: str, host: str, port: int, env: dict[str, str], drain: int,
+    stop_signal: int = signal.SIGTERM,
 ) -> ChildSpec:
-    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", args.host,
-               "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "3"]
+    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", host,
+               "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", str(drain)]
     # Probed where it listens, not at the public URL (which may be a proxy in front of it).
-    return ChildSpec(name, command, env, f"http://{_probe_host(args.host)}:{port}/healthz")
+    return ChildSpec(name, command, env, f"http://{_probe_host(host)}:{port}/healthz",
+                     stop_signal=stop_signal)
+
+
+def _replica(name: str, factory: str, port: int, env: dict[str, str], drain: int) -> ChildSpec:
+    # SIGINT: up stops the whole fleet, so no balancer needs the SIGTERM readiness grace.
+    return _child(name, factory, "127.0.0.1", port, env, drain, signal.SIGINT)
 
 
 def _probe_host(host: str) -> str:
@@ -369,8 +432,9 @@ def _token_command(data_dir: Path) -> str:
     return f"gatehouse --data-dir {shlex.quote(str(data_dir))} token --org acme --user alice"
 
 
-def _banner(public_url: str, env: dict[str, str], dev_issuer: bool, data_dir: Path) -> None:
-    lines = [
+def _banner(public_url: str, env: dict[str, str], dev_issuer: bool, data_dir: Path,
+            layout: list[str] | None = None) -> None:
+    lines = layout or [
         "",
         "Gatehouse is running.",
         f"  gateway     {public_url}  (MCP endpoint: {public_url}/mcp)",

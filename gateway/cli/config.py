@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".gatehouse")
@@ -30,6 +31,9 @@ class UpSettings(BaseSettings):
     internal_key_file: Path | None = None
     public_url: str | None = None
     token_keys: str | None = None
+    # uvicorn's --timeout-graceful-shutdown for up's children: in-flight requests and open
+    # streams get this long after a stop; 3 keeps up's whole stop within 5 s
+    shutdown_drain_seconds: int = Field(default=3, ge=0, le=300)
 
 
 def public_url(settings: UpSettings, host: str = DEFAULT_HOST,

@@ -3,8 +3,14 @@
 Each child is started only once the previous one answers its health URL, so the gateway
 never takes traffic before mcp_server listens. A child that dies later is restarted with an
 exponential backoff (reset once it has stayed healthy for a while), one log line per restart;
-the other children keep serving meanwhile. SIGINT/SIGTERM stop everything, also during a
-backoff, because the loop only ever sleeps in short slices and checks a flag.
+the other children keep serving meanwhile. A child that exits by itself (also cleanly, e.g. a
+replica an operator sent SIGTERM to drain it) is restarted the same way: under ``up`` only ``up``
+decides that a child stops. SIGINT/SIGTERM to ``up`` stop everything, also during a backoff,
+because the loop only ever sleeps in short slices and checks a flag.
+
+Children started together (:meth:`Supervisor.start` with several specs, e.g. a fleet's replicas)
+start in parallel and are stopped together, each tier in reverse start order: the gateways
+drain at the same time, then what they depended on stops.
 
 The loop is a small state machine per child rather than a blocking "restart" call, so a second
 child crashing while the first is still starting is noticed at once.
@@ -29,7 +35,7 @@ log = logging.getLogger("gatehouse")
 
 _TICK = 0.1  # seconds between looks at the children; bounds how late a stop request is seen
 _PROBE_TIMEOUT = 0.5
-_STOP_TIMEOUT = 10.0  # per child, a last resort: uvicorn gives up on open streams after 3 s
+_STOP_TIMEOUT = 10.0  # per tier, a last resort: uvicorn ends open streams after its drain bound
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class ChildSpec:
     command: list[str]
     env: dict[str, str]
     health_url: str
+    # SIGINT: uvicorn stops at once (drains in-flight work, skips a SIGTERM readiness grace)
+    stop_signal: int = signal.SIGTERM
 
 
 @dataclass
@@ -105,7 +113,7 @@ class Supervisor:
         self._pid_dir = pid_dir
         self._start_timeout = start_timeout
         self._backoff = backoff
-        self._children: list[_Child] = []
+        self._tiers: list[list[_Child]] = []
         self._stopping = False
 
     # -- control ------------------------------------------------------------------------------
@@ -121,31 +129,42 @@ class Supervisor:
     def stopping(self) -> bool:
         return self._stopping
 
-    def start(self, spec: ChildSpec) -> bool:
-        """Start ``spec`` and wait until it is healthy; False if a stop was requested first."""
-        child = _Child(spec, self._backoff())
-        self._children.append(child)
-        self._spawn(child, time.monotonic())
-        while child.state is State.STARTING and not self._stopping:
+    def start(self, *specs: ChildSpec) -> bool:
+        """Start ``specs`` together and wait until all are healthy; False if a stop was
+        requested first."""
+        tier = [_Child(spec, self._backoff()) for spec in specs]
+        self._tiers.append(tier)
+        now = time.monotonic()
+        for child in tier:
+            self._spawn(child, now)
+        while any(c.state is State.STARTING for c in tier) and not self._stopping:
             self._sleep(_TICK)
-            self._tick(child, time.monotonic(), restart=False)
-        return child.state is State.RUNNING
+            for child in tier:
+                self._tick(child, time.monotonic(), restart=False)
+        return all(c.state is State.RUNNING for c in tier)
+
+    def pids(self) -> dict[str, int]:
+        """Each child's current process id, by name."""
+        return {c.spec.name: c.process.pid for t in self._tiers for c in t if c.process}
 
     def run(self) -> int:
         """Watch and restart children until a stop is requested; then the caller calls stop()."""
         while not self._stopping:
             now = time.monotonic()
-            for child in self._children:
-                self._tick(child, now, restart=True)
+            for tier in self._tiers:
+                for child in tier:
+                    self._tick(child, now, restart=True)
             self._sleep(_TICK)
         log.info("stopping")
         return 0
 
     def stop(self) -> None:
-        """Stop the children in reverse start order (the gateway before what it depends on)."""
-        for child in reversed(self._children):
-            if child.process is not None:
-                _terminate(child.process)
+        """Stop the children in reverse start order (the gateway before what it depends on),
+        a tier at a time, the children of a tier together."""
+        for tier in reversed(self._tiers):
+            running = [c for c in tier if c.process is not None]
+            _terminate([(c.process, c.spec.stop_signal) for c in running if c.process])
+            for child in running:
                 self._pid_file(child.spec).unlink(missing_ok=True)
 
     # -- the state machine --------------------------------------------------------------------
@@ -204,11 +223,15 @@ def _pid(child: _Child) -> int:
     return child.process.pid if child.process is not None else 0
 
 
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+def _terminate(processes: list[tuple[subprocess.Popen[bytes], int]]) -> None:
+    """Signal every process, then wait for all within one shared deadline; kill what is left."""
+    for process, stop_signal in processes:
+        if process.poll() is None:
+            process.send_signal(stop_signal)
+    deadline = time.monotonic() + _STOP_TIMEOUT
+    for process, _ in processes:
         try:
-            process.wait(timeout=_STOP_TIMEOUT)
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
