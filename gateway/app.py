@@ -21,7 +21,7 @@ from gateway.activity import SessionActivity
 from gateway.api import audit as audit_api
 from gateway.api import members, openapi, sessions
 from gateway.api import prompts as prompts_api
-from gateway.api.endpoints import Endpoint
+from gateway.api.typed_endpoints import Endpoint
 from gateway.audit import AuditTrail
 from gateway.auth import AuthenticationMiddleware
 from gateway.background import every

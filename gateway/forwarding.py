@@ -22,16 +22,16 @@ from gateway.audit import AuditEntry
 from gateway.auth import principal_of
 from gateway.errors import BadRequest, UpstreamUnavailable
 from gateway.jsonrpc import RpcError, RpcMessage, parse_message
-from gateway.mcp_prompts import (
+from gateway.mcp_system_prompt import (
     REWRITTEN_METHODS,
     SYSTEM_PROMPT,
     rewrite_answer,
     system_prompt_answer,
 )
 from gateway.permissions import require
-from gateway.prompting import compose_for
 from gateway.services import Services, services_of
 from gateway.sessions import Session, usable
+from gateway.system_prompt import compose_for
 from oauth.assertion import CallerIdentity
 from sql import rls_transaction
 from telemetry.logs import bind
@@ -116,7 +116,7 @@ class McpForwarder:
         session: Session, message: RpcMessage,
     ) -> bool:
         """Answer or rewrite the exchanges that carry the session's system prompt; whether it
-        did (see :mod:`gateway.mcp_prompts`)."""
+        did (see :mod:`gateway.mcp_system_prompt`)."""
         wants_prompt = message.method == "prompts/get" and message.name == SYSTEM_PROMPT
         if not wants_prompt and message.method not in REWRITTEN_METHODS:
             return False

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from asyncpg.pool import PoolConnectionProxy
 from starlette.responses import Response
 
-from gateway.api.endpoints import Call
+from gateway.api.typed_endpoints import Call
 from gateway.errors import BadRequest, Conflict, InvalidInput
 from sql import QUERIES, Tenant
 

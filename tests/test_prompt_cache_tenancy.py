@@ -18,7 +18,7 @@ import httpx
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.prompting import layer_id, session_layer_id
+from gateway.system_prompt import layer_id, session_layer_id
 from prompts import Layer, LayerKind, PromptComposer, PromptVariables
 from prompts.composer import compiled_key, composed_key
 from tests.support.oidc_provider import OidcProvider

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 GATEWAY = Path(__file__).resolve().parent.parent / "gateway"
-SESSION_USERS = ("sessions.py", "forwarding.py", "prompting.py", "mcp_prompts.py", "activity.py")
+SESSION_USERS = ("sessions.py", "forwarding.py", "system_prompt.py", "mcp_system_prompt.py",
+                 "activity.py")
 SESSION_TYPES = {"Session", "Session | None"}
 
 

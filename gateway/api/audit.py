@@ -6,8 +6,8 @@ import json
 
 from starlette.responses import Response
 
-from gateway.api.endpoints import Call, Endpoint
 from gateway.api.models import AuditEvent, AuditPage, AuditQuery
+from gateway.api.typed_endpoints import Call, Endpoint
 from sql import QUERIES, rls_transaction
 
 

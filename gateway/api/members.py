@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from gateway.api.endpoints import Call, Endpoint
 from gateway.api.models import Member, MemberList, RolesUpdate
+from gateway.api.typed_endpoints import Call, Endpoint
 from gateway.audit import AuditEntry
 from gateway.errors import Conflict, Forbidden, NotFound
 from sql import QUERIES, rls_transaction

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from gateway.api.endpoints import Endpoint
 from gateway.api.models import Problem
+from gateway.api.typed_endpoints import Endpoint
 
 _REASONS = {
     400: "Malformed request", 401: "Missing or invalid bearer token",

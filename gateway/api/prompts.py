@@ -14,7 +14,6 @@ from __future__ import annotations
 from asyncpg import Record
 from starlette.responses import Response
 
-from gateway.api.endpoints import Call, Endpoint
 from gateway.api.models import (
     ComposedSystemPrompt,
     LayerUsed,
@@ -25,11 +24,13 @@ from gateway.api.models import (
     PromptVersion,
     PromptVersionSummary,
 )
+from gateway.api.typed_endpoints import Call, Endpoint
 from gateway.audit import AuditEntry, SystemTenant
 from gateway.errors import Forbidden, NotFound
 from gateway.idempotency import claim_key
 from gateway.permissions import require
-from gateway.prompting import (
+from gateway.sessions import parse_id, visible
+from gateway.system_prompt import (
     GLOBAL_ORG,
     KINDS,
     compose_for,
@@ -38,7 +39,6 @@ from gateway.prompting import (
     layers_used,
     saved_layers,
 )
-from gateway.sessions import parse_id, visible
 from prompts import SAMPLE_VARIABLES, ComposedPrompt, LayerKind, PromptError, PromptVariables
 from sql import QUERIES, Tenant, rls_transaction
 

@@ -23,16 +23,16 @@ from urllib.parse import urlencode
 from starlette.responses import Response
 
 from gateway import sessions
-from gateway.api.endpoints import Call, Endpoint
 from gateway.api.models import Session as SessionOut
 from gateway.api.models import SessionCreate, SessionPage, SessionQuery, SessionUpdate
+from gateway.api.typed_endpoints import Call, Endpoint
 from gateway.audit import AuditEntry
 from gateway.errors import BadRequest, Conflict, Forbidden, InvalidInput
 from gateway.idempotency import claim_key
 from gateway.permissions import granted
 from gateway.principal import Principal
-from gateway.prompting import invalid_prompt
 from gateway.sessions import NewSession, Session, SessionChanges, parse_id
+from gateway.system_prompt import invalid_prompt
 from prompts import LayerKind, PromptError
 from sql import rls_transaction
 
