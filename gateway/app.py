@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import dev_authorization, routes, tracing
+from gateway import dev_authorization, ops_endpoints, tracing
 from gateway.activity import SessionActivity
 from gateway.api import audit as audit_api
 from gateway.api import members, openapi, sessions
@@ -27,6 +27,7 @@ from gateway.auth import AuthenticationMiddleware
 from gateway.background import every
 from gateway.connect import ROUTES as CONNECT_ROUTES
 from gateway.connect.signin_oidc import SigninClient
+from gateway.cors import open_to_every_origin
 from gateway.forwarding import McpForwarder
 from gateway.jwks import JwksCache
 from gateway.mcp_version import McpVersionMiddleware
@@ -152,17 +153,17 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(document)
 
+    resource_metadata = open_to_every_origin(ops_endpoints.protected_resource_metadata, ["GET"])
     return Starlette(
         routes=[
-            Route("/healthz", routes.healthz),
-            Route("/readyz", routes.readyz),
-            Route("/metrics", routes.metrics),
-            Route("/.well-known/oauth-protected-resource", routes.protected_resource_metadata),
-            Route(
-                "/.well-known/oauth-protected-resource/{resource:path}",
-                routes.protected_resource_metadata,
-            ),
-            Route("/dev/jwks.json", routes.dev_jwks),
+            Route("/healthz", ops_endpoints.healthz),
+            Route("/readyz", ops_endpoints.readyz),
+            Route("/metrics", ops_endpoints.metrics),
+            Route("/.well-known/oauth-protected-resource", resource_metadata,
+                  methods=["GET", "OPTIONS"]),
+            Route("/.well-known/oauth-protected-resource/{resource:path}", resource_metadata,
+                  methods=["GET", "OPTIONS"]),
+            Route("/dev/jwks.json", ops_endpoints.dev_jwks),
             Route("/openapi.json", openapi_json),
             Route("/mcp", forwarder, methods=["POST"]),  # stateless: no GET stream, no DELETE
             Route("/mcp/{session_id}", forwarder, methods=["POST"]),

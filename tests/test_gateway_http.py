@@ -286,3 +286,18 @@ def test_redis_down_follows_the_limit_policy_without_hanging(
         assert resp.headers["retry-after"] == "1"
     ready = httpx.get(cut_off.url + "/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["redis"]["ok"] is False
+
+
+def test_resource_metadata_is_readable_from_a_browser_on_any_origin(gateway: Server) -> None:
+    """A browser-based MCP client (another origin) must read the RFC 9728 metadata to find the
+    authorization server: preflight and GET both carry CORS headers; no cookie is involved."""
+    url = gateway.url + "/.well-known/oauth-protected-resource/mcp"
+    origin = {"Origin": "http://127.0.0.1:6274"}
+    asks = {"Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "mcp-protocol-version"}
+    preflight = httpx.options(url, headers={**origin, **asks})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    answer = httpx.get(url, headers=origin)
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "*"
+    assert "access-control-allow-credentials" not in answer.headers

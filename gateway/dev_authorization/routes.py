@@ -11,12 +11,11 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
 
+from gateway.cors import open_to_every_origin
 from gateway.dev_authorization.pages import SigninForm, signin_page
 from gateway.dev_authorization.server import (
     Answer,
@@ -148,21 +147,9 @@ class DevAuthorizationEndpoints:
                                json_request)
 
 
-def _cors(endpoint: Callable[[Request], Any], methods: list[str]) -> ASGIApp:
-    """Browser-based MCP clients read metadata and call token and registration endpoints from
-    their own origin; none of these take cookies, so any origin may."""
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        response = await endpoint(Request(scope, receive))
-        await response(scope, receive, send)
-
-    return CORSMiddleware(app, allow_origins=["*"], allow_methods=methods,
-                          allow_headers=["Authorization", "Content-Type",
-                                         "MCP-Protocol-Version"])
-
-
 def build_routes(config: DevConfig, public_url: str, issuer_path: str) -> list[BaseRoute]:
     endpoints = DevAuthorizationEndpoints(config, public_url)
-    metadata = _cors(endpoints.metadata, ["GET"])
+    metadata = open_to_every_origin(endpoints.metadata, ["GET"])
     well_known = [f"/.well-known/oauth-authorization-server{issuer_path}",
                   f"/.well-known/openid-configuration{issuer_path}",
                   f"{issuer_path}/.well-known/openid-configuration"]
@@ -171,8 +158,8 @@ def build_routes(config: DevConfig, public_url: str, issuer_path: str) -> list[B
     return [
         *(Route(path, metadata, methods=["GET", "OPTIONS"]) for path in well_known),
         Route(f"{issuer_path}/authorize", endpoints.authorize, methods=["GET", "POST"]),
-        Route(f"{issuer_path}/token", _cors(endpoints.token, ["POST"]),
+        Route(f"{issuer_path}/token", open_to_every_origin(endpoints.token, ["POST"]),
               methods=["POST", "OPTIONS"]),
-        Route(f"{issuer_path}/register", _cors(endpoints.register, ["POST"]),
+        Route(f"{issuer_path}/register", open_to_every_origin(endpoints.register, ["POST"]),
               methods=["POST", "OPTIONS"]),
     ]
