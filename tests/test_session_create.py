@@ -114,7 +114,7 @@ async def test_row_level_security_applies_inside_the_function(pool: asyncpg.Pool
                                    session_id) == 0
 
 
-async def test_a_create_needs_an_organisation_wide_transaction(pool: asyncpg.Pool) -> None:
+async def test_a_create_needs_an_organization_wide_transaction(pool: asyncpg.Pool) -> None:
     """Without it the organisation's count would see only the caller's own sessions."""
     who = await new_user(pool, "ten-fn")
     session_id = uuid.uuid4()
@@ -123,7 +123,7 @@ async def test_a_create_needs_an_organisation_wide_transaction(pool: asyncpg.Poo
             await sessions.create(conn, session_id, NEW, ROOMY, entry(who, session_id))
 
 
-async def test_the_organisation_cap_counts_every_member(pool: asyncpg.Pool) -> None:
+async def test_the_organization_cap_counts_every_member(pool: asyncpg.Pool) -> None:
     org = f"ten-cap-{uuid.uuid4().hex[:8]}"
     first, second = await new_user(pool, org), await new_user(pool, org)
     caps = sessions.Caps(per_user=5, per_org=1)
