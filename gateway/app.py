@@ -32,12 +32,8 @@ from gateway.forwarding import McpForwarder
 from gateway.jwks import JwksCache
 from gateway.mcp_version import McpVersionMiddleware
 from gateway.metrics import Metrics
-from gateway.middleware import (
-    HeaderLimitMiddleware,
-    ProblemMiddleware,
-    RequestContextMiddleware,
-)
-from gateway.origin import OriginMiddleware, allowed_origins
+from gateway.middleware import EdgeMiddleware
+from gateway.origin import allowed_origins
 from gateway.principal import ClaimMapping
 from gateway.problem import http_exception
 from gateway.provisioning import Provisioner
@@ -53,7 +49,6 @@ from resilience.draining import Draining
 from resilience.health import health_of
 from sql import create_pool, verify_app_role
 from telemetry import logs
-from telemetry.logs import AccessLogMiddleware
 
 API: list[Endpoint] = [
     *sessions.ENDPOINTS, *prompts_api.ENDPOINTS, *members.ENDPOINTS, *audit_api.ENDPOINTS,
@@ -173,14 +168,13 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
         ],
         middleware=[
             *tracing.middleware(trace_provider),  # the SERVER span: outermost
-            Middleware(AccessLogMiddleware, logger="gateway.access"),
+            # request id, 431, 403 origin on /mcp (before authentication), problems, metrics,
+            # access line: one layer, one send wrapper
+            Middleware(EdgeMiddleware, logger="gateway.access",
+                       allowed_origins=allowed_origins(resolved.public_url,
+                                                       resolved.allowed_origins)),
             # SIGTERM: /readyz answers 503 for the grace before the server stops accepting
             Middleware(Draining, probe="/readyz", grace=resolved.shutdown_grace_seconds),
-            Middleware(RequestContextMiddleware),
-            Middleware(HeaderLimitMiddleware),
-            Middleware(ProblemMiddleware),
-            Middleware(OriginMiddleware,  # /mcp only; before authentication: 403 first
-                       allowed=allowed_origins(resolved.public_url, resolved.allowed_origins)),
             Middleware(AuthenticationMiddleware),
             Middleware(UserRateLimitMiddleware),
             Middleware(McpVersionMiddleware),  # an unsupported MCP-Protocol-Version: 400

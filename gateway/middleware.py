@@ -1,7 +1,10 @@
-"""Pure ASGI middleware at the edge: request identity, metrics, and errors as problems.
+"""The gateway's edge: one pure ASGI layer doing what every request needs first.
 
-The access log line is :class:`telemetry.logs.AccessLogMiddleware`'s, placed outside these;
-request identity binds the request id (and the session a path names) to its log context.
+:class:`EdgeMiddleware` opens the request's log context, gives it an id and trace context,
+refuses oversized headers (431) and foreign origins on ``/mcp`` (403), turns any exception into
+a problem document, and on the way out echoes the request id, records the request's metrics
+and writes its access line — all through a single ``send`` wrapper: each wrapper a response
+passes through costs every request, and these were five layers before (issue 14).
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so that streaming responses pass through untouched and
 context variables behave.
@@ -14,21 +17,23 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.asgi import header
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, GatewayError
 from gateway.metrics import route_family
+from gateway.origin import OriginCheck
 from gateway.problem import INTERNAL_ERROR, error_response, translate
 from gateway.services import services_of
-from telemetry.logs import bind
+from gateway.settings import GatewaySettings
+from telemetry.logs import AccessLog, bind, close_context, open_context
 
 log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
 
 def _traceparent(incoming: str | None) -> str:
     """Continue a valid W3C trace, else start one; either way this hop gets a new span id."""
@@ -38,34 +43,102 @@ def _traceparent(incoming: str | None) -> str:
     return f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"
 
 
-class RequestContextMiddleware:
-    """Gives each request an id and trace context, echoes the id, and records metrics."""
+def _identify(scope: Scope) -> str:
+    """The request's id (the caller's, if well-formed) and trace context, in its state."""
+    request_id, traceparent = None, None
+    for key, value in scope["headers"]:
+        if key == b"x-request-id" and request_id is None:
+            request_id = value.decode("latin-1")
+        elif key == b"traceparent" and traceparent is None:
+            traceparent = value.decode("latin-1")
+    if request_id is None or not _REQUEST_ID.match(request_id):
+        request_id = uuid.uuid4().hex
+    scope["state"]["request_id"] = request_id
+    scope["state"]["traceparent"] = _traceparent(traceparent)
+    bind(request_id=request_id)
+    return request_id
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class _Exchange:
+    """What the one ``send`` wrapper learns of the response on its way out."""
+
+    __slots__ = ("on_start", "request_id", "send", "sent", "started", "status")
+
+    def __init__(self, send: Send, request_id: str, on_start: Callable[[int], None]) -> None:
+        self.send, self.request_id, self.on_start = send, request_id, on_start
+        self.status, self.sent, self.started = 500, 0, False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started, self.status = True, message["status"]
+            message["headers"] = [
+                *(h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"),
+                (b"x-request-id", self.request_id.encode("latin-1"))]
+            self.on_start(self.status)
+        elif message["type"] == "http.response.body":
+            self.sent += len(message.get("body", b""))
+        await self.send(message)
+
+
+class EdgeMiddleware:
+    """Request id, header limits, origin check, problems, metrics and the access line."""
+
+    def __init__(self, app: ASGIApp, *, allowed_origins: frozenset[str],
+                 logger: str = "gateway.access") -> None:
         self.app = app
+        self.origins = OriginCheck(allowed_origins)
+        self.access = AccessLog(logger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = header(scope, b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        scope["state"]["request_id"] = request_id
-        bind(request_id=request_id)
-        scope["state"]["traceparent"] = _traceparent(header(scope, b"traceparent"))
+        context = open_context()
+        started = time.perf_counter()
+        exchange = _Exchange(send, _identify(scope), self._metering(scope, started))
+        try:
+            await self._serve(scope, receive, exchange)
+        finally:
+            bind(session_id=_path_session(scope))
+            self.access.line(scope, exchange.status, exchange.sent,
+                             time.perf_counter() - started)
+            close_context(context)
+
+    async def _serve(self, scope: Scope, receive: Receive, exchange: _Exchange) -> None:
+        refusal = _header_error(scope, services_of(scope).settings)
+        try:
+            if refusal is not None:
+                await error_response(refusal, request_id=exchange.request_id)(
+                    scope, receive, exchange)
+            elif self.origins.refused(scope):
+                await self.origins.response(exchange.request_id)(scope, receive, exchange)
+            else:
+                await self.app(scope, receive, exchange)
+        except Exception as exc:
+            if exchange.started:
+                raise  # the status line is gone; closing the stream is all that is left
+            await error_response(_problem(exc, scope), request_id=exchange.request_id)(
+                scope, receive, exchange)
+
+    @staticmethod
+    def _metering(scope: Scope, started: float) -> Callable[[int], None]:
         metrics = services_of(scope).metrics
         route = route_family(scope["path"])
-        started = time.perf_counter()
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["X-Request-Id"] = request_id
-                metrics.latency.labels(route).observe(time.perf_counter() - started)
-                metrics.requests.labels(route, scope["method"], str(message["status"])).inc()
-            await send(message)
+        def on_start(status: int) -> None:
+            metrics.latency.labels(route).observe(time.perf_counter() - started)
+            metrics.requests.labels(route, scope["method"], str(status)).inc()
 
-        await self.app(scope, receive, send_with_id)
-        bind(session_id=_path_session(scope))
+        return on_start
+
+
+def _problem(exc: Exception, scope: Scope) -> GatewayError:
+    """The problem an exception is shown as; unexpected ones are logged, never shown."""
+    error = translate(exc)
+    if error is None:
+        log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+        error = INTERNAL_ERROR
+    return error
 
 
 def _path_session(scope: Scope) -> str | None:
@@ -78,56 +151,9 @@ def _path_session(scope: Scope) -> str | None:
         return None
 
 
-class ProblemMiddleware:
-    """Turns any exception into a problem document; unexpected ones are logged, never shown."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            if started:
-                raise  # the status line is gone; closing the stream is all that is left
-            error = translate(exc)
-            if error is None:
-                log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-                error = INTERNAL_ERROR
-            request_id = scope.get("state", {}).get("request_id")
-            response = error_response(error, request_id=request_id)
-            await response(scope, receive, send)
-
-
-class HeaderLimitMiddleware:
-    """Answers 431 to a request with too many or too large headers, before any other work:
-    uvicorn's default parser (httptools) passes a 1 MB value or 5,000 headers on to the app."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            error = _header_error(scope)
-            if error is not None:
-                request_id = scope.get("state", {}).get("request_id")
-                await error_response(error, request_id=request_id)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def _header_error(scope: Scope) -> BadRequest | None:
-    settings = services_of(scope).settings
+def _header_error(scope: Scope, settings: GatewaySettings) -> BadRequest | None:
+    """431 for too many or too large headers, before any other work: uvicorn's default parser
+    (httptools) passes a 1 MB value or 5,000 headers on to the app."""
     headers = scope["headers"]
     if len(headers) > settings.max_header_count:
         detail = f"more than {settings.max_header_count} header fields"

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Scope
 
 from gateway.problem import problem_response
 
@@ -59,24 +60,23 @@ def _is_mcp(path: str) -> bool:
     return path == "/mcp" or path.startswith("/mcp/")
 
 
-class OriginMiddleware:
-    """Answers 403 (problem ``origin_not_allowed``) to an MCP request from a foreign origin."""
+class OriginCheck:
+    """Refuses an MCP request from a foreign origin with 403 ``origin_not_allowed`` (run by the
+    gateway's edge layer before authentication, so the 403 comes first)."""
 
-    def __init__(self, app: ASGIApp, *, allowed: frozenset[str]) -> None:
-        self.app = app
+    def __init__(self, allowed: frozenset[str]) -> None:
         self.allowed = allowed
 
-    def _refused(self, scope: Scope) -> bool:
+    def refused(self, scope: Scope) -> bool:
+        if not _is_mcp(scope["path"]):
+            return False
         origins = [v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"]
         return any(origin_of(value, strict=True) not in self.allowed for value in origins)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _is_mcp(scope["path"]) or not self._refused(scope):
-            await self.app(scope, receive, send)
-            return
-        response = problem_response(
+    @staticmethod
+    def response(request_id: str | None) -> Response:
+        return problem_response(
             403, "origin_not_allowed", "Origin not allowed",
             "this MCP endpoint does not accept requests from the page's origin",
-            request_id=scope.get("state", {}).get("request_id"),
+            request_id=request_id,
         )
-        await response(scope, receive, send)

@@ -17,7 +17,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Literal
 
 from opentelemetry import trace
@@ -107,42 +107,27 @@ def _reroute_libraries() -> None:
     access.propagate = False  # with no handler in reach, uvicorn skips its access lines
 
 
-class AccessLogMiddleware:
-    """One line per HTTP request as it ends: method, route template, status, duration and body
-    bytes sent, with the request's context. Outermost, so it opens the context the inner
-    layers bind to. ``routes`` names the template of a request answered before routing (a 401
-    from authentication); by default the Starlette app's own."""
+def open_context() -> Token[LogContext | None]:
+    """Start the current request's log context (the outermost layer does, once)."""
+    return _context.set({})
 
-    def __init__(
-        self, app: ASGIApp, logger: str, routes: Sequence[BaseRoute] | None = None
-    ) -> None:
-        self.app = app
+
+def close_context(token: Token[LogContext | None]) -> None:
+    _context.reset(token)
+
+
+class AccessLog:
+    """The access line of a request as it ends: method, route template, status, duration and
+    body bytes sent, with the request's context. ``routes`` names the template of a request
+    answered before routing (a 401 from authentication); by default the Starlette app's own."""
+
+    def __init__(self, logger: str, routes: Sequence[BaseRoute] | None = None) -> None:
         self.log = logging.getLogger(logger)
         self.routes = routes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+    def line(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
+        if not self.log.isEnabledFor(logging.INFO):
             return
-        token = _context.set({})
-        started = time.perf_counter()
-        status, sent = 500, 0  # what the server answers for an app that fails before starting
-
-        async def counting_send(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, counting_send)
-        finally:
-            self._line(scope, status, sent, time.perf_counter() - started)
-            _context.reset(token)
-
-    def _line(self, scope: Scope, status: int, sent: int, seconds: float) -> None:
         route = self._template(scope)
         self.log.info("%s %s %d", scope["method"], route or "-", status, extra={
             "method": scope["method"], "route": route, "status": status,
@@ -159,3 +144,36 @@ class AccessLogMiddleware:
             route = next((r for r in routes if r.matches(scope)[0] is not Match.NONE), None)
         path = getattr(route, "path", None)
         return path if isinstance(path, str) else None
+
+
+class AccessLogMiddleware:
+    """One :class:`AccessLog` line per HTTP request. Outermost, so it opens the context the
+    inner layers bind to. (The gateway's edge layer does the same inside its one ``send``.)"""
+
+    def __init__(
+        self, app: ASGIApp, logger: str, routes: Sequence[BaseRoute] | None = None
+    ) -> None:
+        self.app = app
+        self.access = AccessLog(logger, routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = open_context()
+        started = time.perf_counter()
+        status, sent = 500, 0  # what the server answers for an app that fails before starting
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            self.access.line(scope, status, sent, time.perf_counter() - started)
+            close_context(token)
