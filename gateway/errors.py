@@ -8,7 +8,8 @@
     ├── NotFound              unknown, foreign or private ids alike (404)
     ├── Conflict              refused by the current state (409: quotas, closed sessions, owners)
     ├── RateLimited           over a limit (429 + Retry-After, RateLimit headers)
-    ├── UpstreamUnavailable   mcp_server, the database or Redis cannot be reached (502/503)
+    ├── UpstreamUnavailable   mcp_server, the database or Redis cannot be reached (502/503),
+    │                         or mcp_server did not accept or answer in time (504)
     │   └── JwksUnavailable   no usable issuer key set (fetch failed, nothing fresh cached)
     └── LauncherError         ``gatehouse`` (gateway.cli) failed; printed, never an HTTP answer
         ├── EmbeddedError     a private PostgreSQL/Redis could not be started or stopped

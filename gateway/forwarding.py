@@ -71,6 +71,17 @@ def _content_type(scope: Scope) -> str:
     return (header(scope, b"content-type") or "").split(";")[0].strip().lower()
 
 
+def _timed_out(exc: TimeoutError) -> UpstreamUnavailable:
+    """504 either way. A connection not accepted in time (an overloaded upstream) never carried
+    the request, so that answer says when to retry; an unanswered request may have been acted
+    on."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamUnavailable("the MCP server did not accept the connection in time",
+                                   status=504, code="upstream_timeout", retry_after=1)
+    return UpstreamUnavailable("the MCP server did not answer in time", status=504,
+                               code="upstream_timeout")
+
+
 class McpForwarder:
     """The ASGI endpoint behind ``/mcp``."""
 
@@ -223,14 +234,12 @@ class McpForwarder:
                 headers=self._headers(services, scope, session),
                 allow_redirects=False,
             )
-        except (aiohttp.ClientError, OSError) as exc:
+        except TimeoutError as exc:  # first: aiohttp's timeouts are ClientErrors and OSErrors too
+            services.metrics.upstream_errors.labels("timeout").inc()
+            raise _timed_out(exc) from exc
+        except (aiohttp.ClientError, OSError) as exc:  # refused, reset, not HTTP
             services.metrics.upstream_errors.labels("connect").inc()
             raise UpstreamUnavailable("the MCP server cannot be reached") from exc
-        except TimeoutError as exc:
-            services.metrics.upstream_errors.labels("timeout").inc()
-            raise UpstreamUnavailable(
-                "the MCP server did not answer in time", status=504, code="upstream_timeout"
-            ) from exc
 
     async def _stream(
         self, services: Services, upstream: aiohttp.ClientResponse, send: Send

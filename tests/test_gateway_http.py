@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
+import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
@@ -186,6 +190,52 @@ def test_unreachable_mcp_server_is_a_quick_502(
     resp = post_mcp(orphan, alice_token)
     assert time.perf_counter() - started < 3
     assert_problem(resp, 502, "upstream_unavailable")
+    assert "retry-after" not in resp.headers
+
+
+@contextmanager
+def full_accept_queue() -> Iterator[int]:
+    """A port whose listener never accepts and whose accept queue is full: Linux drops further
+    SYNs, so a connect there is neither made nor refused; it times out (an overloaded server)."""
+    with socket.socket() as listener, ExitStack() as held:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = int(listener.getsockname()[1])
+        for _ in range(8):  # the queue takes one connection with backlog 0; a few spare tries
+            client = held.enter_context(socket.socket())
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+            if not select.select([], [client], [], 0.3)[1]:
+                yield port  # this one stays pending: the queue is full
+                return
+        raise AssertionError("the accept queue never filled")
+
+
+def test_mcp_server_not_accepting_in_time_is_504_with_retry_after(
+    start_gateway: Any, alice_token: str
+) -> None:
+    """aiohttp's connect timeout is a ClientError and an OSError too; it was answered as a 502
+    "cannot be reached". It is a timeout, and the request never left: 504, safe to retry."""
+    with full_accept_queue() as port:
+        busy = start_gateway(mcp_server_url=f"http://127.0.0.1:{port}/mcp")
+        started = time.perf_counter()
+        resp = post_mcp(busy, alice_token)
+        assert time.perf_counter() - started < 5  # the 2 s connect bound, not a hang
+    assert_problem(resp, 504, "upstream_timeout")
+    assert resp.headers["retry-after"] == "1"
+
+
+def test_mcp_server_not_answering_in_time_is_504(start_gateway: Any, alice_token: str) -> None:
+    with socket.socket() as silent:  # accepts (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        mute = start_gateway(mcp_server_url=f"http://127.0.0.1:{port}/mcp",
+                             upstream_timeout_seconds="0.5")
+        resp = post_mcp(mute, alice_token)
+    problem = assert_problem(resp, 504, "upstream_timeout")
+    assert "retry-after" not in resp.headers  # it may have acted on the request
+    assert "in time" in problem["detail"]
 
 
 # --- rate limit ------------------------------------------------------------------------------
