@@ -41,6 +41,7 @@ from gateway.ratelimit import UserRateLimitMiddleware
 from gateway.services import Services
 from gateway.settings import GatewaySettings
 from gateway.tokens import TokenVerifier
+from gateway.upstream import Upstream
 from oauth.assertion import AssertionSigner
 from oauth.keys import load_private_key
 from prompts import PromptComposer
@@ -117,9 +118,12 @@ async def _resources(settings: GatewaySettings) -> AsyncIterator[Services]:
             activity=SessionActivity(pool),
             composer=PromptComposer(),
             signin=SigninClient(settings, http, jwks) if settings.signin_client_id else None,
+            upstream=Upstream(settings.mcp_server_url, connect_timeout=2,
+                              read_timeout=settings.upstream_timeout_seconds),
         )
         metrics.watch(services)
         yield services
+        await services.upstream.close()
     finally:
         await http.close()
         await health_of(redis).aclose()  # a re-probe still in flight must not outlive Redis

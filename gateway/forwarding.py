@@ -32,6 +32,7 @@ from gateway.permissions import require
 from gateway.services import Services, services_of
 from gateway.sessions import Session, usable
 from gateway.system_prompt import compose_for
+from gateway.upstream import ConnectTimeout, UpstreamResponse
 from oauth.assertion import CallerIdentity
 from sql import rls_transaction
 from telemetry.logs import bind
@@ -44,6 +45,7 @@ RESPONSE_HEADERS = frozenset({
     "content-type", "content-length", "cache-control", "mcp-session-id", "mcp-protocol-version",
     "www-authenticate", "allow",
 })
+_RESPONSE_HEADERS = frozenset(name.encode("latin-1") for name in RESPONSE_HEADERS)
 _JSON_TYPES = ("application/json",)
 _ERROR_MARKERS = (b'"isError":true', b'"error":{')
 
@@ -75,7 +77,7 @@ def _timed_out(exc: TimeoutError) -> UpstreamUnavailable:
     """504 either way. A connection not accepted in time (an overloaded upstream) never carried
     the request, so that answer says when to retry; an unanswered request may have been acted
     on."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, ConnectTimeout):
         return UpstreamUnavailable("the MCP server did not accept the connection in time",
                                    status=504, code="upstream_timeout", retry_after=1)
     return UpstreamUnavailable("the MCP server did not answer in time", status=504,
@@ -142,11 +144,11 @@ class McpForwarder:
         upstream = await self._open(services, scope, body, session)
         async with upstream:
             raw = await upstream.read()
-            content_type = upstream.headers.get("content-type", "")
+            content_type = upstream.header(b"content-type")
             rewritten = rewrite_answer(raw, content_type, message.method or "", message.id,
                                        prompt.text)
-            headers = {k: v for k, v in upstream.headers.items()
-                       if k.lower() in RESPONSE_HEADERS and k.lower() != "content-length"}
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in upstream.headers
+                       if k in _RESPONSE_HEADERS and k != b"content-length"}
             await Response(rewritten, upstream.status, headers)(scope, receive, send)
         return True
 
@@ -214,26 +216,17 @@ class McpForwarder:
             await send({
                 "type": "http.response.start",
                 "status": upstream.status,
-                "headers": [
-                    (k.lower().encode("latin-1"), v.encode("latin-1"))
-                    for k, v in upstream.headers.items()
-                    if k.lower() in RESPONSE_HEADERS
-                ],
+                "headers": [(k, v) for k, v in upstream.headers if k in _RESPONSE_HEADERS],
             })
             clean = await self._stream(services, upstream, send)
         return clean and 200 <= upstream.status < 300
 
     async def _open(
         self, services: Services, scope: Scope, body: bytes, session: Session | None
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         try:
-            return await services.http.request(
-                scope["method"],
-                services.settings.mcp_server_url,
-                data=body or None,
-                headers=self._headers(services, scope, session),
-                allow_redirects=False,
-            )
+            return await services.upstream.request(
+                scope["method"], self._headers(services, scope, session), body)
         except TimeoutError as exc:  # first: aiohttp's timeouts are ClientErrors and OSErrors too
             services.metrics.upstream_errors.labels("timeout").inc()
             raise _timed_out(exc) from exc
@@ -242,15 +235,15 @@ class McpForwarder:
             raise UpstreamUnavailable("the MCP server cannot be reached") from exc
 
     async def _stream(
-        self, services: Services, upstream: aiohttp.ClientResponse, send: Send
+        self, services: Services, upstream: UpstreamResponse, send: Send
     ) -> bool:
         clean = True
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.chunks():
                 # A tool's failure travels inside a 200 response; spot it without parsing.
                 clean = clean and not any(marker in chunk for marker in _ERROR_MARKERS)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, OSError):  # UpstreamFailed is a ConnectionError
             services.metrics.upstream_errors.labels("stream").inc()
             clean = False
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -20,6 +20,7 @@ from gateway.provisioning import Provisioner
 from gateway.settings import GatewaySettings
 from gateway.tokens import TokenVerifier
 from gateway.tool_catalogue import ToolCatalogue
+from gateway.upstream import Upstream
 from oauth.assertion import AssertionSigner
 from prompts import PromptComposer
 
@@ -45,6 +46,7 @@ class Services:
     activity: SessionActivity
     composer: PromptComposer
     signin: SigninClient | None  # only when sign-in to /connect is configured
+    upstream: Upstream  # keep-alive connections to mcp_server's MCP endpoint
     tools: ToolCatalogue = field(default_factory=ToolCatalogue)  # names for allowed_tools
 
 
