@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -30,8 +31,9 @@ import jwt
 import pytest
 from fastmcp import Client
 from mcp_types import TextContent
+from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.cli import commands, devissuer
+from gateway.cli import commands, devissuer, instance
 from gateway.cli.supervisor import Backoff, ChildSpec, Supervisor, describe_exit
 from gateway.dev_issuer_keys import public_jwks
 from gateway.errors import SupervisorError
@@ -53,7 +55,8 @@ def clean_env() -> dict[str, str]:
 
 @contextmanager
 def gatehouse_up(
-    cwd: Path, gateway_port: int, mcp_port: int, data_dir: str | None = None
+    cwd: Path, gateway_port: int, mcp_port: int, data_dir: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[str]]:
     log_path = cwd / "up.log"
     offset = log_path.stat().st_size if log_path.exists() else 0
@@ -63,7 +66,7 @@ def gatehouse_up(
         [*GATEHOUSE, *where, "up", "--gateway-port", str(gateway_port),
          "--mcp-port", str(mcp_port)],
         cwd=cwd,
-        env=clean_env(),
+        env=clean_env() | (env or {}),
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
@@ -111,6 +114,23 @@ async def whoami(port: int, bearer: str) -> dict[str, object]:
     return data
 
 
+def metrics_urls(banner: str) -> dict[str, str]:
+    """The banner's metrics block: process name -> URL."""
+    lines = banner[banner.index("  metrics "):].splitlines()
+    rest = itertools.takewhile(lambda ln: ln.startswith(" " * 14), lines[1:])
+    pairs = (ln.split(maxsplit=1) for ln in [lines[0].removeprefix("  metrics"), *rest])
+    return {pair[0]: pair[1] for pair in pairs}
+
+
+def served_tool_calls(url: str, family: str, tool: str) -> float:
+    """How many calls of ``tool`` the ``family`` histogram at ``url`` has counted."""
+    text = httpx.get(url, timeout=5).text
+    return sum(sample.value for metric in text_string_to_metric_families(text)
+               if metric.name == family for sample in metric.samples
+               if sample.name == f"{family}_count"
+               and sample.labels.get("gen_ai_tool_name") == tool)
+
+
 @pytest.fixture
 def project_dir() -> Iterator[Path]:
     """A fresh working directory outside pytest's own temporary root, whose permissions
@@ -129,6 +149,15 @@ async def test_up_runs_everything_and_stops_cleanly(project_dir: Path) -> None:
         assert "gatehouse token --org acme --user alice" in banner
         me = await whoami(gateway_port, token(tmp_path, gateway_port, "acme", "alice"))
         assert (me["org_id"], me["user_id"]) == ("acme", "alice")
+        # Both processes' /metrics are in the banner: the gateway's on its port, mcp_server's
+        # on a listener of its own (9464 unless taken), and each counted the call.
+        urls = metrics_urls(banner)
+        assert urls["gateway"] == f"http://127.0.0.1:{gateway_port}/metrics"
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/metrics", urls["mcp_server"]), urls
+        assert served_tool_calls(urls["mcp_server"], "mcp_server_operation_duration_seconds",
+                                 "whoami") == 1
+        assert served_tool_calls(urls["gateway"], "mcp_client_operation_duration_seconds",
+                                 "whoami") == 1
         ready = httpx.get(f"http://127.0.0.1:{gateway_port}/readyz").json()
         assert ready["status"] == "ready"
         # Beside .gatehouse/ and with no configuration, the operator commands find the cluster.
@@ -147,6 +176,8 @@ async def test_up_runs_everything_and_stops_cleanly(project_dir: Path) -> None:
     for access in ("gateway.access", "mcp_server.access"):
         assert re.search(rf" INFO +{access} \[\S+\] POST /mcp 200$", log, re.M), log
     assert not [line for line in log.splitlines() if line.startswith("{")], log
+    # One gateway and one mcp_server: their lines as they wrote them, no replica prefixes.
+    assert not re.search(r"^(gateway|mcp_server)\S* \| ", log, re.M), log
     # With `up` stopped, `audit verify` starts the cluster for itself and stops it again.
     verified = gatehouse(tmp_path, "audit", "verify")
     assert verified.returncode == 0 and "audit chain intact" in verified.stdout, verified
@@ -334,6 +365,7 @@ class Stack:
     cwd: Path
     gateway_port: int
     mcp_port: int
+    metrics_port: int  # set by the operator (GATEHOUSE_METRICS_PORT)
     banner: str
 
 
@@ -342,10 +374,11 @@ def stack() -> Iterator[Stack]:
     """One `up` on ports and a data directory that are not the defaults, shared by the tests
     below (each start costs seconds)."""
     cwd = Path(tempfile.mkdtemp(prefix="gatehouse-up-"))
-    gateway_port, mcp_port = free_port(), free_port()
+    gateway_port, mcp_port, metrics_port = free_port(), free_port(), free_port()
     try:
-        with gatehouse_up(cwd, gateway_port, mcp_port, data_dir="state") as up:
-            yield Stack(cwd, gateway_port, mcp_port, (cwd / "up.log").read_text())
+        with gatehouse_up(cwd, gateway_port, mcp_port, data_dir="state",
+                          env={"GATEHOUSE_METRICS_PORT": str(metrics_port)}) as up:
+            yield Stack(cwd, gateway_port, mcp_port, metrics_port, (cwd / "up.log").read_text())
             assert up.poll() is None, "the stack died during the tests"
     finally:
         shutil.rmtree(cwd, ignore_errors=True)
@@ -385,6 +418,31 @@ async def test_profile_claims_are_in_the_token_and_the_stack_accepts_it(stack: S
     assert (claims["sub"], claims["org_id"]) == ("bob", "acme")
     assert claims["roles"] == ["admin", "viewer"]
     assert await echo(stack.gateway_port, bearer, "profile") == "profile"
+
+
+async def test_up_serves_mcp_server_metrics_on_the_port_the_operator_set(stack: Stack) -> None:
+    url = metrics_urls(stack.banner)["mcp_server"]
+    assert url == f"http://127.0.0.1:{stack.metrics_port}/metrics"
+    minted = gatehouse(stack.cwd, "--data-dir", "state", "token", "--org", "acme", "--user", "al")
+    assert minted.returncode == 0, minted.stderr
+    bearer = minted.stdout.strip()
+    before = served_tool_calls(url, "mcp_server_operation_duration_seconds", "echo")
+    assert await echo(stack.gateway_port, bearer, "counted") == "counted"
+    after = served_tool_calls(url, "mcp_server_operation_duration_seconds", "echo")
+    assert after == before + 1
+
+
+def test_metrics_port_is_the_preferred_one_unless_taken() -> None:
+    free = free_port()
+    assert instance.port_or_free("127.0.0.1", free) == free
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        held = taken.getsockname()[1]
+        other = instance.port_or_free("127.0.0.1", held)
+        assert other != held
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", other))  # and it is really free
 
 
 def test_a_second_up_on_the_same_data_dir_says_so_in_one_line(stack: Stack) -> None:

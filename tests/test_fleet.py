@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +43,21 @@ pytestmark = pytest.mark.timeout(240)
 
 # Audit entries stay queued until a replica's shutdown flushes them (the test is shorter).
 QUEUED_AUDIT = {"GATEHOUSE_AUDIT_FLUSH_SECONDS": "600"}
+
+
+def banner_metrics(banner: str) -> dict[str, str]:
+    """The banner's metrics block: replica name -> its /metrics URL."""
+    found = re.findall(r"^  (?:metrics )?\s+(\S+)\s+(http://\S+/metrics)$", banner, re.M)
+    return dict(found)
+
+
+def operations_counted(url: str, tool: str) -> float:
+    """mcp_server's own count of ``tool`` calls it served (its /metrics listener)."""
+    text = httpx.get(url, timeout=5).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == "mcp_server_operation_duration_seconds_count"
+               and sample.labels.get("gen_ai_tool_name") == tool)
 
 
 def tool_calls_served(port: int) -> float:
@@ -114,6 +130,29 @@ async def test_up_replicas_balances_both_tiers_behind_haproxy() -> None:
         after = {name: int(row["stot"]) for name, row in fleet.stats().items()}
         taken = {n: after[n] - before[n] for n in ("mcp_server-1", "mcp_server-2")}
         assert min(taken.values()) >= calls / 4, taken
+
+        # The banner names every replica's /metrics: each gateway's on its own port, each
+        # mcp_server's on a listener of its own; by those, the mcp_servers served every call.
+        urls = banner_metrics(banner)
+        assert sorted(urls) == sorted(ports), banner
+        for name in ("gateway-1", "gateway-2"):
+            assert urls[name] == f"http://127.0.0.1:{ports[name]}/metrics"
+        mcp_urls = [urls["mcp_server-1"], urls["mcp_server-2"]]
+        assert len(set(mcp_urls)) == 2, mcp_urls
+        served_by = [operations_counted(url, "echo") for url in mcp_urls]
+        assert sum(served_by) == calls and min(served_by) > 0, served_by
+
+        # Every replica's lines say which replica wrote them; none reaches the log bare.
+        log = fleet.log()
+        for name, port in ports.items():
+            assert f"{name} | " in log and re.search(
+                rf"^{name} \| .*Uvicorn running on http://127\.0\.0\.1:{port} ", log, re.M), name
+        bare = [ln for ln in log.splitlines() if re.search(r"(gateway|mcp_server)\.access", ln)
+                and not re.match(r"(gateway|mcp_server)-\d \| ", ln)]
+        assert bare == [], bare[:3]
+        access = re.findall(r"^(gateway|mcp_server)-\d \| .* (gateway|mcp_server)\.access ",
+                            log, re.M)
+        assert access and all(who == what for who, what in access), access[:3]
 
 
 async def test_sigterm_drains_a_gateway_replica_under_load_without_a_failure() -> None:

@@ -44,6 +44,7 @@ log = logging.getLogger("gatehouse")
 APP_ROLE = "gatehouse_app"
 GATEWAY_APP = "gateway.app:create_app"
 MCP_SERVER_APP = "mcp_server.app:create_app"
+METRICS_PORT = 9464  # mcp_server's /metrics under up: OpenTelemetry's Prometheus default
 
 
 class _Parser(argparse.ArgumentParser):
@@ -252,7 +253,9 @@ def _up(args: argparse.Namespace) -> int:
         stack.callback(os.close, instance.hold_lock(data_dir))
         instance.check_ports_free(
             args.host, {"--gateway-port": args.gateway_port, "--mcp-port": args.mcp_port})
-        env = _environment(settings, data_dir, stack, public_url, args)
+        # a fleet gives each mcp_server replica a metrics port of its own
+        metrics = {} if args.replicas else {"GATEHOUSE_METRICS_PORT": _metrics_port(settings)}
+        env = _environment(settings, data_dir, stack, public_url, args) | metrics
         supervisor = Supervisor(data_dir)
         supervisor.install_signal_handlers()
         stack.callback(supervisor.stop)
@@ -269,9 +272,14 @@ def _up(args: argparse.Namespace) -> int:
             os.getpid(), public_url, env.get("GATEHOUSE_ISSUER", settings.issuer or ""),
             audience(settings, public_url), settings.issuer is None))
         stack.callback(instance.withdraw, data_dir)
-        layout = (None if started is None else fleet.banner(
-            started, public_url, _probe_host(args.host), data_dir / "haproxy.cfg"))
-        _banner(public_url, env, settings.issuer is None, args.data_dir, layout)
+        metrics_host = _probe_host(settings.metrics_host)
+        if started is None:
+            layout, urls = None, _metrics_urls(args, env, metrics_host)
+        else:
+            layout = fleet.banner(started, public_url, _probe_host(args.host),
+                                  data_dir / "haproxy.cfg")
+            urls = fleet.metrics_urls(started, metrics_host)
+        _banner(public_url, env, settings.issuer is None, args.data_dir, layout, urls)
         return supervisor.run()
 
 
@@ -289,6 +297,27 @@ def _environment(
     env["GATEHOUSE_MCP_SERVER_URL"] = f"http://{args.host}:{args.mcp_port}/mcp"
     env.setdefault("GATEHOUSE_LOG_FORMAT", "console")  # a terminal, not a log shipper
     return env
+
+
+def _metrics_port(settings: UpSettings) -> str:
+    """GATEHOUSE_METRICS_PORT as the operator set it (0: off), else 9464 if free, else any."""
+    if settings.metrics_port is None:
+        return str(instance.port_or_free(settings.metrics_host, METRICS_PORT))
+    if settings.metrics_port:  # refused now rather than by a crash-looping mcp_server
+        instance.check_ports_free(settings.metrics_host,
+                                  {"GATEHOUSE_METRICS_PORT": settings.metrics_port},
+                                  "GATEHOUSE_METRICS_HOST")
+    return str(settings.metrics_port)
+
+
+def _metrics_urls(args: argparse.Namespace, env: dict[str, str], metrics_host: str,
+                  ) -> dict[str, str]:
+    port = env["GATEHOUSE_METRICS_PORT"]
+    return {
+        "gateway": f"http://{_probe_host(args.host)}:{args.gateway_port}/metrics",
+        "mcp_server": (f"http://{metrics_host}:{port}/metrics" if port != "0"
+                       else "off (GATEHOUSE_METRICS_PORT=0)"),
+    }
 
 
 def _start_children(
@@ -312,12 +341,12 @@ def _start_fleet(
     rotation, else `up`'s exit code."""
     data_dir, haproxy, drain = where
     layout = fleet.plan(args.host, args.gateway_port, args.mcp_port, args.replicas)
-    replica_env = fleet.replica_env(env)
     failed = _start_tiers(supervisor, [
-        [_replica(name, MCP_SERVER_APP, port, replica_env, drain)
+        [_replica(name, MCP_SERVER_APP, port,
+                  fleet.replica_env(env, layout.mcp_metrics[name]), drain)
          for name, port in layout.mcp_servers.items()],
         [fleet.haproxy_spec(layout, data_dir, haproxy)],
-        [_replica(name, GATEWAY_APP, port, replica_env, drain)
+        [_replica(name, GATEWAY_APP, port, fleet.replica_env(env), drain)
          for name, port in layout.gateways.items()],
     ])
     if failed is not None:
@@ -405,18 +434,19 @@ def _issuer(settings: UpSettings, data_dir: Path, public_url: str) -> dict[str, 
 
 def _child(
     name: str, factory: str, host: str, port: int, env: dict[str, str], drain: int,
-    stop_signal: int = signal.SIGTERM,
+    stop_signal: int = signal.SIGTERM, *, prefixed: bool = False,
 ) -> ChildSpec:
     command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", host,
                "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", str(drain)]
     # Probed where it listens, not at the public URL (which may be a proxy in front of it).
     return ChildSpec(name, command, env, f"http://{_probe_host(host)}:{port}/healthz",
-                     stop_signal=stop_signal)
+                     stop_signal=stop_signal, prefixed=prefixed)
 
 
 def _replica(name: str, factory: str, port: int, env: dict[str, str], drain: int) -> ChildSpec:
     # SIGINT: up stops the whole fleet, so no balancer needs the SIGTERM readiness grace.
-    return _child(name, factory, "127.0.0.1", port, env, drain, signal.SIGINT)
+    # Prefixed: N replicas share one terminal.
+    return _child(name, factory, "127.0.0.1", port, env, drain, signal.SIGINT, prefixed=True)
 
 
 def _probe_host(host: str) -> str:
@@ -433,13 +463,16 @@ def _token_command(data_dir: Path) -> str:
 
 
 def _banner(public_url: str, env: dict[str, str], dev_issuer: bool, data_dir: Path,
-            layout: list[str] | None = None) -> None:
+            layout: list[str] | None, metrics: dict[str, str]) -> None:
     lines = layout or [
         "",
         "Gatehouse is running.",
         f"  gateway     {public_url}  (MCP endpoint: {public_url}/mcp)",
         f"  mcp_server  {env['GATEHOUSE_MCP_SERVER_URL']}  (internal)",
     ]
+    width = max(map(len, metrics))
+    lines += [f"  {'' if i else 'metrics':<12}{name:<{width}}  {url}"
+              for i, (name, url) in enumerate(metrics.items())]
     if dev_issuer:
         lines += [
             f"  issuer      development issuer (keys in {data_dir}/)",

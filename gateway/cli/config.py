@@ -34,6 +34,10 @@ class UpSettings(BaseSettings):
     # uvicorn's --timeout-graceful-shutdown for up's children: in-flight requests and open
     # streams get this long after a stop; 3 keeps up's whole stop within 5 s
     shutdown_drain_seconds: int = Field(default=3, ge=0, le=300)
+    # mcp_server's /metrics listener (its own settings): unset, up picks 9464 if free, else a
+    # free port; 0 turns it off. A fleet gives each replica a free port of its own.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
 
 def public_url(settings: UpSettings, host: str = DEFAULT_HOST,

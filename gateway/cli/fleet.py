@@ -8,7 +8,10 @@ supervised child, its configuration generated into the data directory (:mod:`gat
 Start order: the mcp_servers together, HAProxy, the gateways together, then ``up`` waits until
 HAProxy has every replica in rotation. Replicas get ``GATEHOUSE_SHUTDOWN_GRACE_SECONDS`` (1 s
 unless set): SIGTERM to one makes its probe answer 503 long enough for HAProxy (checking every
-500 ms, out at the first failure) to stop sending to it before it stops accepting.
+500 ms, out at the first failure) to stop sending to it before it stops accepting. Each
+mcp_server replica serves its ``/metrics`` on a free loopback port of its own
+(``GATEHOUSE_METRICS_PORT``); each gateway replica on its own port. Every child's output lines
+reach ``up``'s terminal prefixed with its name (``gateway-1 | ``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Layout:
     stats_port: int
     gateways: dict[str, int]
     mcp_servers: dict[str, int]
+    mcp_metrics: dict[str, int]  # each mcp_server replica's /metrics port
 
     @property
     def stats_url(self) -> str:
@@ -57,11 +61,12 @@ def haproxy_path() -> str | None:
 
 
 def plan(host: str, public_port: int, mcp_port: int, replicas: int) -> Layout:
-    ports = free_loopback_ports(2 * replicas + 1)
+    ports = free_loopback_ports(3 * replicas + 1)
     return Layout(
         host, public_port, mcp_port, ports[0],
         {f"gateway-{i + 1}": ports[1 + i] for i in range(replicas)},
         {f"mcp_server-{i + 1}": ports[1 + replicas + i] for i in range(replicas)},
+        {f"mcp_server-{i + 1}": ports[1 + 2 * replicas + i] for i in range(replicas)},
     )
 
 
@@ -77,8 +82,10 @@ def free_loopback_ports(count: int) -> list[int]:
             sock.close()
 
 
-def replica_env(env: dict[str, str]) -> dict[str, str]:
-    return {"GATEHOUSE_SHUTDOWN_GRACE_SECONDS": GRACE_SECONDS} | env
+def replica_env(env: dict[str, str], metrics_port: int | None = None) -> dict[str, str]:
+    """``env`` for a replica; an mcp_server's carries its own metrics port."""
+    own = {} if metrics_port is None else {"GATEHOUSE_METRICS_PORT": str(metrics_port)}
+    return {"GATEHOUSE_SHUTDOWN_GRACE_SECONDS": GRACE_SECONDS} | env | own
 
 
 def haproxy_spec(layout: Layout, data_dir: Path, executable: str) -> ChildSpec:
@@ -86,7 +93,8 @@ def haproxy_spec(layout: Layout, data_dir: Path, executable: str) -> ChildSpec:
     config.write_text(haproxy.config(layout.host, layout.public_port, layout.mcp_port,
                                      layout.stats_port, layout.gateways, layout.mcp_servers))
     # -db: foreground, its warnings (a server DOWN or UP) on up's terminal
-    return ChildSpec("haproxy", [executable, "-db", "-f", str(config)], {}, layout.stats_url)
+    return ChildSpec("haproxy", [executable, "-db", "-f", str(config)], {}, layout.stats_url,
+                     prefixed=True)
 
 
 def in_rotation(layout: Layout, timeout: float = ROTATION_TIMEOUT,
@@ -115,6 +123,13 @@ def server_stats(stats_url: str) -> list[dict[str, str]]:
     rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
     return [row for row in rows if row["pxname"] in ("gateways", "mcp_servers")
             and row["svname"] not in ("FRONTEND", "BACKEND") and row["bck"] == "0"]
+
+
+def metrics_urls(layout: Layout, metrics_host: str) -> dict[str, str]:
+    """Every replica's /metrics, by name: a scrape through HAProxy would reach any one of them."""
+    return ({name: f"http://127.0.0.1:{port}/metrics" for name, port in layout.gateways.items()}
+            | {name: f"http://{metrics_host}:{port}/metrics"
+               for name, port in layout.mcp_metrics.items()})
 
 
 def banner(layout: Layout, public_url: str, probe_host: str, config: Path) -> list[str]:

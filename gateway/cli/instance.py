@@ -44,22 +44,36 @@ def hold_lock(data_dir: Path) -> int:
     return fd
 
 
-def check_ports_free(host: str, ports: dict[str, int]) -> None:
+def check_ports_free(host: str, ports: dict[str, int], host_option: str = "--host") -> None:
     """Bind each port as uvicorn will (SO_REUSEADDR, so a TIME_WAIT leftover is no conflict)."""
     if len(set(ports.values())) < len(ports):
         raise LauncherError(f"{' and '.join(ports)} must differ (all are {ports.popitem()[1]})")
     for option, port in ports.items():
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            _bind(host, port)
         except socket.gaierror as exc:
-            raise LauncherError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
-        family, kind, proto, _, address = infos[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                raise LauncherError(_bind_problem(exc, host, port, option)) from None
+            raise LauncherError(f"{host_option} {host}: cannot resolve it ({exc.strerror})"
+                                ) from None
+        except OSError as exc:
+            raise LauncherError(_bind_problem(exc, host, port, option)) from None
+
+
+def port_or_free(host: str, preferred: int) -> int:
+    """``preferred`` if nothing holds it on ``host``, else a free port the kernel picks."""
+    try:
+        return _bind(host, preferred)
+    except OSError:
+        return _bind(host, 0)
+
+
+def _bind(host: str, port: int) -> int:
+    """Bind and release ``host:port``; the port bound (the kernel's choice for 0)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+        return int(probe.getsockname()[1])
 
 
 def _bind_problem(exc: OSError, host: str, port: int, option: str) -> str:

@@ -8,6 +8,11 @@ replica an operator sent SIGTERM to drain it) is restarted the same way: under `
 decides that a child stops. SIGINT/SIGTERM to ``up`` stop everything, also during a backoff,
 because the loop only ever sleeps in short slices and checks a flag.
 
+A child whose spec says ``prefixed`` (a fleet's replicas, which would otherwise write to one
+terminal with nothing saying who wrote what) has its stdout and stderr piped through ``up``,
+each line prefixed with the child's name (``gateway-1 | ``) onto ``up``'s own stdout and stderr;
+other children write to ``up``'s terminal directly.
+
 Children started together (:meth:`Supervisor.start` with several specs, e.g. a fleet's replicas)
 start in parallel and are stopped together, each tier in reverse start order: the gateways
 drain at the same time, then what they depended on stops.
@@ -22,12 +27,15 @@ import logging
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import IO, TextIO
 
 from gateway.errors import SupervisorError
 
@@ -46,6 +54,7 @@ class ChildSpec:
     health_url: str
     # SIGINT: uvicorn stops at once (drains in-flight work, skips a SIGTERM readiness grace)
     stop_signal: int = signal.SIGTERM
+    prefixed: bool = False  # each output line led by "<name> | "
 
 
 @dataclass
@@ -80,6 +89,7 @@ class _Child:
     deadline: float = 0.0  # end of the backoff, or of the start-up allowance
     healthy_since: float = 0.0
     restarts: int = 0
+    relays: list[threading.Thread] = field(default_factory=list)
 
 
 def describe_exit(returncode: int) -> str:
@@ -165,6 +175,8 @@ class Supervisor:
             running = [c for c in tier if c.process is not None]
             _terminate([(c.process, c.spec.stop_signal) for c in running if c.process])
             for child in running:
+                for relay in child.relays:  # what they said while stopping reaches the terminal
+                    relay.join(timeout=1)
                 self._pid_file(child.spec).unlink(missing_ok=True)
 
     # -- the state machine --------------------------------------------------------------------
@@ -194,6 +206,8 @@ class Supervisor:
 
     def _crashed(self, child: _Child, returncode: int, now: float, *, restart: bool) -> None:
         name, how = child.spec.name, describe_exit(returncode)
+        for relay in child.relays:  # its last words before ours about its exit
+            relay.join(timeout=1)
         if not restart:
             raise SupervisorError(f"{name} {how} during start-up; see the log above")
         healthy_for = now - child.healthy_since if child.state is State.RUNNING else 0.0
@@ -206,7 +220,11 @@ class Supervisor:
     def _spawn(self, child: _Child, now: float) -> None:
         spec = child.spec
         # A session of its own: Ctrl-C reaches only `up`, which then stops children in order.
-        child.process = subprocess.Popen(spec.command, env=spec.env, start_new_session=True)
+        pipe = subprocess.PIPE if spec.prefixed else None
+        child.process = subprocess.Popen(spec.command, env=spec.env, start_new_session=True,
+                                         stdout=pipe, stderr=pipe)
+        if spec.prefixed:
+            child.relays = _relay(child.process, spec.name)
         child.state, child.deadline = State.STARTING, now + self._start_timeout
         _write_atomically(self._pid_file(spec), f"{child.process.pid}\n")
         log.info("started %s (pid %d)", spec.name, child.process.pid)
@@ -221,6 +239,29 @@ class Supervisor:
 
 def _pid(child: _Child) -> int:
     return child.process.pid if child.process is not None else 0
+
+
+def _relay(process: subprocess.Popen[bytes], name: str) -> list[threading.Thread]:
+    """Copy the child's stdout and stderr line by line, prefixed, until it closes them."""
+    prefix = f"{name} | ".encode()
+    threads = [
+        threading.Thread(target=_copy_lines, args=(source, target, prefix), daemon=True,
+                         name=f"{name}-{label}")
+        for source, target, label in ((process.stdout, sys.stdout, "stdout"),
+                                      (process.stderr, sys.stderr, "stderr"))
+        if source is not None
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _copy_lines(source: IO[bytes], target: TextIO, prefix: bytes) -> None:
+    with source:
+        for line in iter(source.readline, b""):
+            # whole lines in one write each, so two replicas' lines never interleave mid-line
+            target.buffer.write(prefix + line + (b"" if line.endswith(b"\n") else b"\n"))
+            target.flush()
 
 
 def _terminate(processes: list[tuple[subprocess.Popen[bytes], int]]) -> None:
