@@ -146,6 +146,38 @@ def test_compose_healthchecks_probe_readiness(compose: dict[str, Any]) -> None:
         assert compose["services"][name]["healthcheck"]["test"], name
 
 
+def _seconds(duration: str) -> float:
+    """A HAProxy or compose duration (``500ms``, ``2s``, ``1m30s``) in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _drain_seconds(command: list[str]) -> int:
+    return int(command[command.index("--timeout-graceful-shutdown") + 1])
+
+
+def test_compose_replicas_leave_haproxy_then_drain_within_the_stop_grace_period(
+    compose: dict[str, Any],
+) -> None:
+    """SIGTERM: the checked probe answers 503 for longer than HAProxy needs to take the replica
+    out (inter x fall), then uvicorn drains, then the audit flush: all before Docker's SIGKILL."""
+    defaults = re.search(r"^\s*default-server (.*)$", (DOCKER / "haproxy.cfg").read_text(), re.M)
+    assert defaults, "docker/haproxy.cfg has no default-server line"
+    options = defaults[1].split()
+    detection = _seconds(options[options.index("inter") + 1]) * int(
+        options[options.index("fall") + 1])
+    replicas = _services(compose, "gateway-") | _services(compose, "mcp-server-")
+    assert len(replicas) == 4
+    for name, service in replicas.items():
+        grace = float(service["environment"]["GATEHOUSE_SHUTDOWN_GRACE_SECONDS"])
+        drain = _drain_seconds(service["command"])
+        assert grace > detection, (name, grace, detection)
+        assert drain > 0, name
+        assert _seconds(service["stop_grace_period"]) >= grace + drain + 5, name
+
+
 def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
     """Bind mounts as docker-compose resolves them: container path -> (host path, mode)."""
     found = {}
@@ -535,6 +567,40 @@ def test_values_schema_rejects_bad_values() -> None:
     with pytest.raises(helm.HelmError, match="podSelectr"):  # a typo would allow everyone
         _render({"secrets": CHART_SECRETS, "networkPolicy": {"metricsFrom": [
             {"podSelectr": {"matchLabels": {"app": "prometheus"}}}]}})
+
+
+def test_pods_drain_within_their_termination_grace_period(manifests: list[Manifest]) -> None:
+    """preStop (endpoints catch up), the readiness grace (GATEHOUSE_SHUTDOWN_GRACE_SECONDS, in
+    each process's ConfigMap), uvicorn's drain and 5 s to flush fit before the kubelet's kill."""
+    configs = _kind(manifests, "ConfigMap")
+    deployments = _kind(manifests, "Deployment")
+    assert len(deployments) == 2
+    for name, deployment in deployments.items():
+        spec = deployment["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        (source,) = container["envFrom"]
+        grace = float(configs[source["configMapRef"]["name"]]["data"][
+            "GATEHOUSE_SHUTDOWN_GRACE_SECONDS"])
+        drain = _drain_seconds(container["args"])
+        sleep = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert sleep[0] == "sleep", name
+        assert (float(sleep[1]), grace, drain) == (5, 2, 20), name
+        assert spec["terminationGracePeriodSeconds"] >= float(sleep[1]) + grace + drain + 5, name
+
+
+def test_chart_refuses_a_termination_grace_period_shorter_than_the_shutdown() -> None:
+    with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds must be at least 32"):
+        _render({"secrets": CHART_SECRETS, "terminationGracePeriodSeconds": 31})
+    longer = {"preStopSeconds": 10, "graceSeconds": 2.5, "drainSeconds": 60}
+    with pytest.raises(helm.HelmError, match="at least 78"):
+        _render({"secrets": CHART_SECRETS, "shutdown": longer})
+    rendered = _render({"secrets": CHART_SECRETS, "shutdown": longer,
+                        "terminationGracePeriodSeconds": 78})
+    for deployment in _kind(rendered, "Deployment").values():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert _drain_seconds(container["args"]) == 60
+    assert {c["data"]["GATEHOUSE_SHUTDOWN_GRACE_SECONDS"]
+            for c in _kind(rendered, "ConfigMap").values()} == {"2.5"}
 
 
 def test_only_gateways_reach_mcp_server(manifests: list[Manifest]) -> None:

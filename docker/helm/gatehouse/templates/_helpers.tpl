@@ -87,7 +87,25 @@ readinessProbe:
 - {{ .port | quote }}
 - --no-access-log
 - --timeout-graceful-shutdown
-- "20"
+- {{ .drain | quote }}
+{{- end -}}
+
+{{/* preStop, the readiness grace, the drain and the final flush fit the pod's termination
+grace period; otherwise the kubelet kills a pod mid-drain. */}}
+{{- define "gatehouse.shutdown" -}}
+{{- $s := .Values.shutdown -}}
+{{- $needed := add $s.preStopSeconds (ceil $s.graceSeconds) $s.drainSeconds 5 -}}
+{{- if lt (int .Values.terminationGracePeriodSeconds) (int $needed) -}}
+{{- fail (printf "terminationGracePeriodSeconds must be at least %d (shutdown.preStopSeconds + graceSeconds + drainSeconds + 5 s to flush)" (int $needed)) -}}
+{{- end -}}
+terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+{{- end -}}
+
+{{- define "gatehouse.preStop" -}}
+lifecycle:
+  preStop:
+    # Time for Services and ingresses to stop sending to this pod before it starts draining.
+    exec: { command: ["sleep", {{ .Values.shutdown.preStopSeconds | quote }}] }
 {{- end -}}
 
 {{- define "gatehouse.tmpVolume" -}}
