@@ -18,11 +18,13 @@ import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from pathlib import Path
 import h11
 import httpx
 
+from gateway.cli import devissuer
 from gateway.cli.fleet import server_stats
 from tests.support.processes import free_port
 
@@ -88,6 +91,16 @@ class Fleet:
              "--user", user], cwd=self.work, env=clean_env(), capture_output=True, text=True,
             check=True, timeout=60).stdout.strip()
 
+    def mint(self, org: str, user: str) -> str:
+        """A development token minted in-process (``gatehouse token`` costs a Python start)."""
+        key = devissuer.ensure_key(self.data_dir / "dev_issuer.pem")
+        return devissuer.mint(key, issuer=devissuer.dev_issuer(self.url),
+                              audience=self.url + "/mcp", org=org, user=user, roles=["member"])
+
+    def status(self, name: str) -> str:
+        """HAProxy's view of one replica: ``UP``, ``DOWN``, ... (empty: stats unreachable)."""
+        return self.stats().get(name, {}).get("status", "")
+
     def processes(self) -> dict[str, int]:
         """Every process this fleet runs: replicas, HAProxy, embedded Redis and PostgreSQL."""
         found = {p.stem: int(p.read_text()) for p in self.data_dir.glob("*.pid")}
@@ -109,6 +122,27 @@ def alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+async def kill_and_wait(pid: int, signum: int = signal.SIGKILL) -> float:
+    """Signal ``pid``; the moment (``time.monotonic()``) it has exited. A killed process dies
+    some milliseconds after ``kill()`` returns (later still on busy cores): until then it
+    still takes requests, so this, not the signal, is when being in flight on it ends."""
+    fd = os.pidfd_open(pid)
+    watching = threading.Event()
+
+    def exited() -> float:
+        watching.set()
+        select.select([fd], [], [])
+        return time.monotonic()
+
+    try:
+        waiter = asyncio.ensure_future(asyncio.to_thread(exited))
+        await asyncio.to_thread(watching.wait)
+        os.kill(pid, signum)
+        return await asyncio.wait_for(waiter, 30)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -164,8 +198,13 @@ class Load:
 
 
 def echo_request(text: str, request_id: int) -> dict[str, object]:
+    return tool_request("echo", {"text": text}, request_id)
+
+
+def tool_request(name: str, arguments: dict[str, object], request_id: int
+                 ) -> dict[str, object]:
     return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
-            "params": {"name": "echo", "arguments": {"text": text},
+            "params": {"name": name, "arguments": arguments,
                        "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
                                  "io.modelcontextprotocol/clientCapabilities": {}}}}
 
