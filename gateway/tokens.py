@@ -57,8 +57,7 @@ class TokenVerifier:
     async def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, or :class:`Unauthenticated` saying (safely) why not."""
         try:
-            with child_span(_tracer, "verify token"):
-                return await self._verify(token)
+            return await self._verify(token)
         except JwtRejected as exc:
             raise Unauthenticated(str(exc), reason=exc.reason) from None
 
@@ -72,10 +71,13 @@ class TokenVerifier:
                 raise JwtRejected("unknown_key", "token signed by an unknown key")
             check_times(claims, self.policy, self._clock())
             return claims
-        header = read_header(token, self.policy)
-        assert header.kid is not None  # the policy looks keys up by id
-        key = key_from_jwk(await self._jwk(header.kid), header.alg)
-        claims = decode(token, key, header, self.policy, self._clock())
+        # A span only where the signature is checked: a remembered token costs a lookup, less
+        # than the span would (issue 14)
+        with child_span(_tracer, "verify token"):
+            header = read_header(token, self.policy)
+            assert header.kid is not None  # the policy looks keys up by id
+            key = key_from_jwk(await self._jwk(header.kid), header.alg)
+            claims = decode(token, key, header, self.policy, self._clock())
         self._verified[token] = (header.kid, claims)
         return claims
 

@@ -35,6 +35,7 @@ from gateway.asgi import header
 from gateway.jsonrpc import RpcMessage
 from gateway.metrics import route_family
 from telemetry import traces
+from telemetry.spans import child_span, current
 from telemetry.traces import W3C
 
 tracer = trace.get_tracer("gatehouse.gateway")
@@ -96,7 +97,7 @@ class TracingMiddleware:
             context=W3C.extract(scope["headers"], getter=_GETTER),
             attributes=_server_attributes(scope),
         )
-        with trace.use_span(span, end_on_exit=True):
+        with current(span):
             await self.app(scope, receive, _recording_status(span, send))
             _name_by_route(span, scope)
 
@@ -196,8 +197,7 @@ def client_span(scope: Scope, message: RpcMessage | None, url: str, send: Send
         name, attributes = span_name(message), mcp_attributes(scope, message)
     host, port = _peer(url)
     attributes |= {"server.address": host, "server.port": port}
-    with tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes,
-                                      record_exception=False) as span:
+    with child_span(tracer, name, attributes, SpanKind.CLIENT) as span:
         yield _recording_answer((span, server), send)
 
 
