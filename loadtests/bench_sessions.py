@@ -13,8 +13,9 @@ the ``gatehouse_app`` role, through ``sql.rls_transaction`` exactly as the gatew
 (c) ``EXPLAIN (ANALYZE, BUFFERS)`` of the lookup inside an RLS transaction as the app role, as
     the custom plan a first execution gets and as the generic plan a cached prepared statement
     may switch to;
-(d) session creation as ``create_session`` does it (quota lock, active counts, insert, audit
-    row, one transaction) at concurrency 8, each worker in its own organisations.
+(d) session creation as ``POST /v1/sessions`` does it: ``gateway.sessions.create`` (one
+    statement: quota lock, caps, insert, audit row) in an organisation-wide RLS transaction,
+    at concurrency 8, each worker in its own organisations.
 
 Prints p50/p99 in milliseconds for (a) and (b), the plans, and creates/s for (d). Drops the
 database at the end unless ``--keep``; with ``--keep`` a later run reuses the loaded data.
@@ -40,9 +41,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from gateway.audit import AuditEntry
-from gateway.errors import NotFound
+from gateway.errors import Conflict, NotFound
 from gateway.principal import Principal
-from gateway.sessions import usable
+from gateway.sessions import Caps, NewSession, create, usable
 from sql import QUERIES, apply_migrations, create_pool, rls_transaction
 
 TARGET_P50_MS = 2.0
@@ -294,56 +295,32 @@ async def explain(pool: asyncpg.Pool, target: Target) -> None:
         for row in await conn.fetch(f"{explain_options} EXECUTE bench_get_session ({arguments})"):
             print("   ", row[0])
         await conn.execute("DEALLOCATE bench_get_session")
-    async with rls_transaction(pool, tenant, org_wide=True) as conn:
-        count = QUERIES["count_active_sessions"]
-        print(f"\n-- the create path's quota count, org-wide: {' '.join(count.split())}")
-        for row in await conn.fetch(f"{explain_options} {count}", target.org_id, target.user_id):
-            print("   ", row[0])
 
 
-# insert_session's first seven parameters; any added later (e.g. the session's prompt) are
-# optional and sent as NULL.
-INSERT_ARGUMENTS = ("bench", None, "{}", "{}", 86_400)
+NEW_SESSION = NewSession("bench", None, {}, {}, None, 86_400)
 
 
-async def insert_arity(pool: asyncpg.Pool) -> int:
-    async with pool.acquire() as conn:
-        statement = await conn.prepare(QUERIES["insert_session"])
-        return len(statement.get_parameters())
-
-
-async def create_one(
-    pool: asyncpg.Pool, tenant: Tenant, caps: tuple[int, int], arity: int
-) -> bool:
-    """``create_session``'s transaction; ``False`` when a quota would refuse it."""
-    per_user, per_org = caps
-    given: list[object] = [tenant.org_id, tenant.user_id, *INSERT_ARGUMENTS]
-    arguments = given + [None] * (arity - len(given))
-    async with rls_transaction(pool, tenant, org_wide=True) as conn:
-        await conn.execute(QUERIES["lock_session_quota"], tenant.org_id)
-        counts = await conn.fetchrow(
-            QUERIES["count_active_sessions"], tenant.org_id, tenant.user_id
-        )
-        assert counts is not None
-        if counts["user_active"] >= per_user or counts["org_active"] >= per_org:
-            return False
-        row = await conn.fetchrow(QUERIES["insert_session"], *arguments)
-        assert row is not None
-        entry = AuditEntry(tenant.org_id, tenant.user_id, "session.create", "success",
-                           target=f"session:{row['id']}", request_id=uuid.uuid4().hex)
-        await conn.execute(QUERIES["append_audit"], *entry.values())
+async def create_one(pool: asyncpg.Pool, tenant: Tenant, caps: Caps) -> bool:
+    """``POST /v1/sessions``'s transaction; ``False`` when a cap refuses it."""
+    session_id = uuid.uuid4()
+    entry = AuditEntry(tenant.org_id, tenant.user_id, "session.create", "success",
+                       target=f"session:{session_id}", request_id=uuid.uuid4().hex)
+    try:
+        async with rls_transaction(pool, tenant, org_wide=True) as conn:
+            await create(conn, session_id, NEW_SESSION, caps, entry)
+    except Conflict:
+        return False
     return True
 
 
 async def create_throughput(
     pool: asyncpg.Pool, shape: Shape, *, seconds: float, concurrency: int,
-    caps: tuple[int, int], rng: random.Random,
+    caps: Caps, rng: random.Random,
 ) -> None:
     """Workers create sessions for random users of their own organisations (worker k takes
     the orgs k, k + concurrency, ...), so no two contend for one quota lock."""
     created = refused = 0
     latencies: list[float] = []
-    arity = await insert_arity(pool)
     deadline = time.perf_counter() + seconds
 
     async def worker(k: int) -> None:
@@ -354,7 +331,7 @@ async def create_throughput(
             tenant = Tenant(org_id(local.choice(orgs)),
                             user_id(local.randrange(shape.users_per_org) + 1))
             start = time.perf_counter()
-            ok = await create_one(pool, tenant, caps, arity)
+            ok = await create_one(pool, tenant, caps)
             latencies.append(time.perf_counter() - start)
             if ok:
                 created += 1
@@ -366,7 +343,7 @@ async def create_throughput(
     elapsed = time.perf_counter() - start
     ordered = sorted(latencies)
     print(
-        f"(d) create_session transaction, concurrency {concurrency}, {elapsed:.1f}s: "
+        f"(d) sessions.create transaction, concurrency {concurrency}, {elapsed:.1f}s: "
         f"{created / elapsed:,.0f} creates/s ({created:,} created, {refused:,} refused by "
         f"quota); per create p50={ordered[len(ordered) // 2] * 1000:.2f} ms "
         f"p99={ordered[int(len(ordered) * 0.99)] * 1000:.2f} ms"
@@ -408,7 +385,7 @@ async def run(args: argparse.Namespace) -> None:
             print()
             await create_throughput(pool, shape, seconds=args.create_seconds,
                                     concurrency=args.concurrency,
-                                    caps=(args.max_active_per_user, args.max_active_per_org),
+                                    caps=Caps(args.max_active_per_user, args.max_active_per_org),
                                     rng=rng)
         finally:
             await pool.close()

@@ -22,20 +22,6 @@ SELECT EXISTS (SELECT 1 FROM usr);
 SELECT coalesce(array_agg(role ORDER BY role), '{}') FROM memberships
 WHERE org_id = $1 AND user_id = $2;
 
--- name: lock_session_quota
--- Serialises session creation within an organisation so the caps hold under concurrency.
-SELECT pg_advisory_xact_lock(hashtextextended('gatehouse.sessions:' || $1, 0));
-
--- name: count_active_sessions
-SELECT count(*) FILTER (WHERE user_id = $2) AS user_active, count(*) AS org_active
-FROM sessions WHERE org_id = $1 AND status = 'active' AND expires_at > now();
-
--- name: insert_session
-INSERT INTO sessions (org_id, user_id, name, allowed_tools, variables, metadata, expires_at,
-                      prompt)
-VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8)
-RETURNING *;
-
 -- name: get_session
 SELECT * FROM sessions WHERE org_id = $1 AND id = $2;
 
