@@ -37,7 +37,6 @@ TOOL_OUTCOMES = ("success", "tool_error", "needs_connect", "needs_reconnect", "r
 LIMITS = ("user_tool", "org_provider", "provider", "unavailable")
 REFRESH_OUTCOMES = ("success", "rejected", "failed", "timeout")
 CONNECT_STAGES = ("started", "completed", "denied", "failed")
-STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "timeout", "network")
 BREAKER_STATES = ("open", "half_open")
 BREAKER_MEMORY_SECONDS = 600.0  # an organisation's breaker not seen for this long is forgotten
 MAX_BREAKERS = 10_000

@@ -4,7 +4,7 @@ A tool that needs a provider the user has not connected (or must reconnect) answ
 ``{public_url}/connect?ticket=...``. The ticket is 256 random bits (URL-safe base64), stored in
 Redis as ``gatehouse:connect:ticket:<ticket>`` with value ``{"org", "user", "provider"}`` and
 ``EX ttl``. :func:`look_up_connect_ticket` only reads it (the connect page shows whom a link is
-for before anyone accepts it); :func:`redeem_connect_ticket` swaps the value for a "used" marker
+for before anyone accepts it); :func:`use_connect_ticket` swaps the value for a "used" marker
 in one ``SET ... XX KEEPTTL GET``, so it works exactly once, on any replica, and until the
 ticket would have expired a second attempt can be told "already used". After that, an expired
 ticket and one that never existed look the same: both are "not valid or expired".
@@ -90,11 +90,3 @@ async def use_connect_ticket(redis: Redis, ticket: str) -> TicketLookup:
         return TicketLookup(TicketState.MALFORMED)
     raw = await redis.set(KEY_PREFIX + ticket, _USED, xx=True, keepttl=True, get=True)
     return _parse(raw if isinstance(raw, (bytes, str)) else None)
-
-
-async def redeem_connect_ticket(redis: Redis, ticket: str) -> dict[str, str] | None:
-    """The ticket's ``{"org", "user", "provider"}``, once; None if unknown, used or expired."""
-    grant = (await use_connect_ticket(redis, ticket)).grant
-    if grant is None:
-        return None
-    return {"org": grant.org_id, "user": grant.user_id, "provider": grant.provider}

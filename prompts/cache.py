@@ -43,9 +43,5 @@ class LockedLRU(Generic[V]):
         with self._lock:
             self._data[key] = value
 
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
     def __len__(self) -> int:
         return len(self._data)

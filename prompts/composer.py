@@ -207,10 +207,6 @@ class PromptComposer:
             composed_misses=self._composed.stats.misses,
         )
 
-    def clear_caches(self) -> None:
-        self._compiled.clear()
-        self._composed.clear()
-
     def _compile(self, layer: Layer) -> CompiledLayer:
         key = compiled_key(layer)
         compiled = self._compiled.get(key)

@@ -34,7 +34,7 @@ from mcp_types import (
 )
 from redis.asyncio import Redis
 
-from oauth.connect_links import redeem_connect_ticket
+from oauth.connect_links import ConnectGrant, use_connect_ticket
 from sql import create_pool
 from tests.support.databases import Database
 from tests.support.oidc_provider import OidcProvider
@@ -93,8 +93,8 @@ async def sdk_client(env: Env, who: Who, mode: str) -> AsyncIterator[SdkClient]:
 
 
 async def assert_ticket_for(env: Env, who: Who, ticket: str) -> None:
-    assert await redeem_connect_ticket(env.redis, ticket) == {
-        "org": who.org_id, "user": who.user_id, "provider": "github"}
+    used = await use_connect_ticket(env.redis, ticket)
+    assert used.grant == ConnectGrant(who.org_id, who.user_id, "github")
 
 
 def text_of(result: Any) -> str:
@@ -118,7 +118,7 @@ async def test_2025_11_25_client_declaring_url_mode_gets_url_elicitation(env: En
     match = LINK.match(elicitation.url)
     assert match is not None, elicitation.url
     await assert_ticket_for(env, who, match.group(1))  # a real, one-time connect link
-    assert await redeem_connect_ticket(env.redis, match.group(1)) is None
+    assert (await use_connect_ticket(env.redis, match.group(1))).grant is None
 
 
 async def test_2025_11_25_wire_shape_through_the_gateway(env: Env) -> None:

@@ -156,13 +156,6 @@ class Problem(BaseModel):
     errors: list[FieldError] | None = None
 
 
-LayerName = Literal["global", "organization", "user"]
-
-
-class LayerPath(_Strict):
-    layer: LayerName
-
-
 class PromptSave(_Strict):
     source: str = Field(max_length=32768)
     note: str = Field(default="", max_length=500)

@@ -153,10 +153,6 @@ class Supervisor:
                 self._tick(child, time.monotonic(), restart=False)
         return all(c.state is State.RUNNING for c in tier)
 
-    def pids(self) -> dict[str, int]:
-        """Each child's current process id, by name."""
-        return {c.spec.name: c.process.pid for t in self._tiers for c in t if c.process}
-
     def run(self) -> int:
         """Watch and restart children until a stop is requested; then the caller calls stop()."""
         while not self._stopping:
