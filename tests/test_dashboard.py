@@ -20,16 +20,12 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from fastmcp import Client
-from redis.asyncio import Redis
 
-from oauth.keyring import Keyring
-from oauth.store import TokenStore
-from sql import create_pool
 from tests.support.databases import Database
+from tests.support.github_grants import Env, connect, github_env
 from tests.support.oidc_provider import OidcProvider
 from tests.support.processes import Server, free_port
 from tests.support.tenants import new_user
-from tests.test_provider_tools import Env, connect
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docker/grafana/dashboards/gatehouse.json"
 # What Grafana would put in place of each variable: every provider, a minute's window.
@@ -123,18 +119,12 @@ async def drive_traffic(gateway: Server, env: Env, idp: OidcProvider) -> None:
 
 
 @pytest.fixture(scope="module")
-async def env(mcp_server: Server, database: Database, redis_url: str, idp: OidcProvider
-              ) -> AsyncIterator[Env]:
-    """What tests/test_provider_tools.py's ``connect`` needs: the token store and stand-in."""
-    pool = await create_pool(database.app_url)
-    redis = Redis.from_url(redis_url)
-    keyring = Keyring.parse(mcp_server.env["GATEHOUSE_TOKEN_KEYS"])
-    standin = json.loads(mcp_server.env["GATEHOUSE_PROVIDERS"])["github"]["api_base_url"]
-    try:
-        yield Env(TokenStore(pool, keyring), pool, standin, idp, redis)
-    finally:
-        await redis.aclose()
-        await pool.close()
+async def env(
+    mcp_server: Server, database: Database, redis_url: str, idp: OidcProvider
+) -> AsyncIterator[Env]:
+    """What ``connect`` needs: the token store and the GitHub stand-in."""
+    async with github_env(mcp_server, database, redis_url, idp) as opened:
+        yield opened
 
 
 async def test_every_panel_query_returns_series(

@@ -11,24 +11,19 @@ own with small limits and a fresh Redis namespace, so no state leaks between tes
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
-from oauth.keyring import Keyring
-from oauth.store import TokenStore
-from sql import create_pool
 from tests.conftest import GatewayFactory
 from tests.support.databases import Database
+from tests.support.github_grants import Env, call, connect, fail, github_env, requests_of, text
 from tests.support.oidc_provider import OidcProvider
 from tests.support.processes import Server, start_uvicorn
 from tests.support.tenants import Who, new_user
-from tests.test_provider_tools import Env, call, connect, fail, requests_of, text
 
 StackFactory = Callable[..., Server]
 
@@ -37,15 +32,8 @@ StackFactory = Callable[..., Server]
 async def env(
     mcp_server: Server, database: Database, redis_url: str, idp: OidcProvider
 ) -> AsyncIterator[Env]:
-    pool = await create_pool(database.app_url)
-    redis = Redis.from_url(redis_url)
-    keyring = Keyring.parse(mcp_server.env["GATEHOUSE_TOKEN_KEYS"])
-    standin = json.loads(mcp_server.env["GATEHOUSE_PROVIDERS"])["github"]["api_base_url"]
-    try:
-        yield Env(TokenStore(pool, keyring), pool, standin, idp, redis)
-    finally:
-        await redis.aclose()
-        await pool.close()
+    async with github_env(mcp_server, database, redis_url, idp) as opened:
+        yield opened
 
 
 @pytest.fixture
