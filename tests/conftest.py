@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
+from playwright.async_api import Browser, async_playwright
 
 from oauth.keys import ensure_private_key_file, public_pem
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, ConnectStack, connect_stack
 from tests.support.databases import Database, test_database, test_redis
 from tests.support.oidc_provider import OidcProvider
 from tests.support.processes import Server, free_port, start_uvicorn
@@ -154,3 +157,30 @@ def gateway(start_gateway: GatewayFactory) -> Server:
 @pytest.fixture(scope="session")
 def alice_token(idp: OidcProvider) -> str:
     return idp.access_token("acme", "alice", ["member"])
+
+
+ConnectStackFactory = Callable[..., ConnectStack]
+
+
+@pytest.fixture(scope="module")
+def start_connect_stack(
+    database: Database, redis_url: str, internal_keys: InternalKeys,
+    gateway_env: dict[str, str], work_dir: Path,
+) -> Iterator[ConnectStackFactory]:
+    """Start connect-flow stacks (``tests.support.browser.connect_stack``, its keyword options
+    passed on); all are stopped when the module's tests are done."""
+    with ExitStack() as started:
+        yield lambda **options: started.enter_context(connect_stack(
+            database, redis_url, internal_keys.public, gateway_env, work_dir, **options))
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Debian Chromium driven by Playwright (test_connect_security's own ``browser``,
+    an HTTP stand-in, overrides this one there)."""
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()

@@ -17,30 +17,26 @@ import asyncio
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-from fastmcp import Client as FastMcpClient
-from fastmcp.client.client import CallToolResult
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, expect
 from redis.asyncio import Redis
 
 from gateway.connect.signin import state_key
 from oauth.connect_links import KEY_PREFIX, TicketState, look_up_connect_ticket
-from tests.conftest import InternalKeys
+from tests.conftest import ConnectStackFactory
 from tests.support.browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     ConnectStack,
     GatewayBrowser,
     confirm_form,
-    connect_stack,
+    idp_whoami,
     query_of,
+    sign_in_on_provider_page,
+    text_of,
 )
-from tests.support.databases import Database
 from tests.support.oidc_provider import OidcProvider
 
 ORG = "acme"
@@ -49,46 +45,21 @@ SCREENSHOTS = Path("/tmp")
 
 
 @pytest.fixture(scope="module")
-def plain(
-    database: Database, redis_url: str, internal_keys: InternalKeys,
-    gateway_env: dict[str, str], work_dir: Path,
-) -> Iterator[ConnectStack]:
+def plain(start_connect_stack: ConnectStackFactory) -> ConnectStack:
     """No sign-in configured: a link's page names its user and asks for a confirmation."""
-    with connect_stack(database, redis_url, internal_keys.public, gateway_env,
-                       work_dir) as running:
-        yield running
+    return start_connect_stack()
 
 
 @pytest.fixture(scope="module")
-def signed(
-    database: Database, redis_url: str, internal_keys: InternalKeys,
-    gateway_env: dict[str, str], work_dir: Path,
-) -> Iterator[ConnectStack]:
+def signed(start_connect_stack: ConnectStackFactory) -> ConnectStack:
     """The gateway signs people in to /connect through its issuer (the provider here)."""
-    with connect_stack(database, redis_url, internal_keys.public, gateway_env, work_dir,
-                       signin=True) as running:
-        yield running
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+    return start_connect_stack(signin=True)
 
 
 async def _whoami(stack: ConnectStack, token: str) -> str:
-    async with FastMcpClient(stack.public_url + "/mcp", auth=token) as client:
-        result: CallToolResult = await client.call_tool("idp_whoami", {}, raise_on_error=False)
-    assert result.is_error is ("have not connected" in _text(result)), _text(result)
-    return _text(result)
-
-
-def _text(result: CallToolResult) -> str:
-    return " ".join(getattr(part, "text", "") for part in result.content)
+    result = await idp_whoami(stack, token)
+    assert result.is_error is ("have not connected" in text_of(result)), text_of(result)
+    return text_of(result)
 
 
 async def _link_from_a_tool_call(stack: ConnectStack, token: str) -> str:
@@ -109,15 +80,6 @@ async def _ticket_state(stack: ConnectStack, link: str) -> TicketState:
 async def _assert_nothing_linked_to(stack: ConnectStack, token: str, eve: str) -> None:
     assert await asyncio.to_thread(stack.connection, ORG, eve) is None
     assert "have not connected" in await _whoami(stack, token)  # Eve's next call: nothing
-
-
-async def _sign_in_at_provider(page: Page, stack: ConnectStack, login: str) -> None:
-    """oidc-provider's devInteractions: a login form (any password), then a consent form."""
-    await page.wait_for_url(stack.provider.issuer + "/**")
-    await page.locator('input[name="login"]').fill(login)
-    await page.locator('input[name="password"]').fill("any password")
-    await page.locator('button[type="submit"]').click()
-    await page.locator('button[type="submit"]', has_text="Continue").click()
 
 
 async def _cookie_names(context: BrowserContext, stack: ConnectStack) -> set[str]:
@@ -181,7 +143,7 @@ async def test_a_link_never_switches_a_browser_connecting_for_another_user(
     await page.goto(plain.public_url + "/connect")  # still the victim's own session
     await expect(who).to_contain_text(f"user {victim} of organisation {ORG}")
     await page.get_by_role("button", name="Connect Test IdP").click()
-    await _sign_in_at_provider(page, plain, victim)
+    await sign_in_on_provider_page(page, plain.provider.issuer, victim)
     await page.wait_for_url(plain.public_url + "/connect")
     await expect(page.get_by_role("status")).to_contain_text(f"Connected Test IdP as {victim}.")
     info = await asyncio.to_thread(plain.connection, ORG, victim)
@@ -201,7 +163,7 @@ async def test_signed_in_victim_opening_eves_link_is_refused(
     page = await (await browser.new_context()).new_page()
     await page.goto(signed.public_url + "/connect")
     await page.get_by_role("link", name="Sign in").click()
-    await _sign_in_at_provider(page, signed, victim)
+    await sign_in_on_provider_page(page, signed.provider.issuer, victim)
     await page.wait_for_url(signed.public_url + "/connect")
     await expect(page.locator("p.who")).to_contain_text(f"user {victim} of organisation {ORG}")
 
@@ -227,7 +189,8 @@ async def test_a_link_opened_without_sign_in_signs_in_first_and_binds_to_that_us
     victims = await browser.new_context()
     page = await victims.new_page()
     await page.goto(link)
-    await _sign_in_at_provider(page, signed, victim)  # signs in as herself, not as Eve
+    # She signs in as herself, not as Eve:
+    await sign_in_on_provider_page(page, signed.provider.issuer, victim)
     await page.wait_for_url(signed.public_url + "/connect/signin/callback?**")
     await expect(page.get_by_role("alert")).to_contain_text(
         f"This link is for user {eve} of organisation {ORG}, but you are signed in as user "
@@ -237,7 +200,7 @@ async def test_a_link_opened_without_sign_in_signs_in_first_and_binds_to_that_us
 
     page = await (await browser.new_context()).new_page()  # Eve herself, in her own browser
     await page.goto(link)
-    await _sign_in_at_provider(page, signed, eve)
+    await sign_in_on_provider_page(page, signed.provider.issuer, eve)
     await page.wait_for_url(signed.public_url + "/connect")
     await expect(page.locator("p.who")).to_contain_text(f"user {eve} of organisation {ORG}")
     await expect(page.get_by_role("status")).to_contain_text("asked you to connect idp")

@@ -11,61 +11,27 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from fastmcp import Client as FastMcpClient
-from fastmcp.client.client import CallToolResult
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, expect
 
-from tests.conftest import InternalKeys
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, ConnectStack, connect_stack
-from tests.support.databases import Database
+from tests.conftest import ConnectStackFactory
+from tests.support.browser import (
+    ConnectStack,
+    idp_whoami,
+    sign_in_on_provider_page,
+    text_of,
+)
 from tests.support.oidc_provider import OidcProvider
 
 SCREENSHOTS = Path("/tmp")
 
 
 @pytest.fixture(scope="module")
-def stack(
-    database: Database, redis_url: str, internal_keys: InternalKeys,
-    gateway_env: dict[str, str], work_dir: Path,
-) -> Iterator[ConnectStack]:
-    with connect_stack(database, redis_url, internal_keys.public, gateway_env,
-                       work_dir) as running:
-        yield running
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
-async def _whoami(stack: ConnectStack, token: str) -> CallToolResult:
-    async with FastMcpClient(stack.public_url + "/mcp", auth=token) as client:
-        result: CallToolResult = await client.call_tool("idp_whoami", {}, raise_on_error=False)
-    return result
-
-
-def _text(result: CallToolResult) -> str:
-    return " ".join(getattr(part, "text", "") for part in result.content)
-
-
-async def _sign_in_and_consent(page: Page, login: str) -> None:
-    """oidc-provider's devInteractions: a login form (any password), then a consent form."""
-    await page.locator('input[name="login"]').fill(login)
-    await page.locator('input[name="password"]').fill("any password")
-    await page.locator('button[type="submit"]').click()
-    await page.locator('button[type="submit"]', has_text="Continue").click()
+def stack(start_connect_stack: ConnectStackFactory) -> ConnectStack:
+    return start_connect_stack()
 
 
 async def test_connect_use_and_disconnect_in_a_browser(
@@ -77,9 +43,9 @@ async def test_connect_use_and_disconnect_in_a_browser(
                       headers={"Authorization": f"Bearer {token}"})
     assert first.status_code == 200
 
-    answer = await _whoami(stack, token)
-    assert answer.is_error and "have not connected" in _text(answer)
-    link = re.search(r"http://\S+/connect\?ticket=[\w-]+", _text(answer))
+    answer = await idp_whoami(stack, token)
+    assert answer.is_error and "have not connected" in text_of(answer)
+    link = re.search(r"http://\S+/connect\?ticket=[\w-]+", text_of(answer))
     assert link is not None  # the tool answered with a one-time connect link
 
     page = await browser.new_page()
@@ -94,7 +60,7 @@ async def test_connect_use_and_disconnect_in_a_browser(
 
     await page.get_by_role("button", name="Connect Test IdP").click()
     await page.wait_for_url(stack.provider.issuer + "/**")
-    await _sign_in_and_consent(page, user)
+    await sign_in_on_provider_page(page, stack.provider.issuer, user)
 
     await page.wait_for_url(stack.public_url + "/connect")
     status = page.get_by_role("status")
@@ -112,9 +78,9 @@ async def test_connect_use_and_disconnect_in_a_browser(
     assert info is not None and info.account == user
     assert set(info.scopes) == {"openid", "offline_access"}
 
-    answer = await _whoami(stack, token)  # the provider tool now uses the stored grant
-    assert not answer.is_error, _text(answer)
-    assert user in _text(answer)  # the provider's userinfo answer for this very user
+    answer = await idp_whoami(stack, token)  # the provider tool now uses the stored grant
+    assert not answer.is_error, text_of(answer)
+    assert user in text_of(answer)  # the provider's userinfo answer for this very user
 
     await page.get_by_role("button", name="Disconnect Test IdP").click()
     await page.wait_for_url(stack.public_url + "/connect")

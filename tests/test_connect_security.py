@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import httpx
@@ -20,16 +19,14 @@ from starlette.responses import Response
 from gateway.connect.session import BrowserSession, SessionStore
 from oauth.connect import s256, state_key
 from oauth.vault import TokenBundle
-from tests.conftest import InternalKeys
+from tests.conftest import ConnectStackFactory
 from tests.support.browser import (
     ConnectStack,
     GatewayBrowser,
-    connect_stack,
     query_of,
     sign_in_at_provider,
     with_query,
 )
-from tests.support.databases import Database
 from tests.support.oidc_provider import OidcProvider
 
 STATE_TTL = 4
@@ -37,13 +34,8 @@ HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
 @pytest.fixture(scope="module")
-def stack(
-    database: Database, redis_url: str, internal_keys: InternalKeys,
-    gateway_env: dict[str, str], work_dir: Path,
-) -> Iterator[ConnectStack]:
-    with connect_stack(database, redis_url, internal_keys.public, gateway_env, work_dir,
-                       state_ttl=STATE_TTL) as running:
-        yield running
+def stack(start_connect_stack: ConnectStackFactory) -> ConnectStack:
+    return start_connect_stack(state_ttl=STATE_TTL)
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -24,13 +24,19 @@ import jwt
 import pytest
 import redis
 from cryptography.hazmat.primitives.asymmetric import rsa
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from gateway.connect.signin import state_key
 from gateway.connect.signin_oidc import SigninError, validate_id_token
 from gateway.jwks import JwksCache
 from oauth.connect import s256
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, _start_on, query_of, with_query
+from tests.support.browser import (
+    query_of,
+    sign_in_at_provider,
+    sign_in_on_provider_page,
+    start_server_on,
+    with_query,
+)
 from tests.support.oidc_provider import OidcProvider
 from tests.support.processes import Server, free_port
 
@@ -75,7 +81,7 @@ def stack(gateway_env: dict[str, str], work_dir: Path, redis_url: str) -> Iterat
               "redirect_uris": [public_url + "/connect/signin/callback"],
               "token_endpoint_auth_method": "client_secret_basic"}
     with OidcProvider(clients=[client]) as provider:
-        gateway = _start_on("gateway.app:create_app", {
+        gateway = start_server_on("gateway.app:create_app", {
             **gateway_env, "GATEHOUSE_PUBLIC_URL": public_url, "GATEHOUSE_ISSUER": provider.issuer,
             "GATEHOUSE_JWKS_URL": provider.jwks_url, "GATEHOUSE_AUDIENCE": provider.audience,
             "GATEHOUSE_SIGNIN_CLIENT_ID": CLIENT_ID, "GATEHOUSE_SIGNIN_RESOURCE": provider.audience,
@@ -100,25 +106,6 @@ def start(agent: httpx.Client) -> str:
     return str(answer.headers["location"])
 
 
-def sign_in_at_provider(stack: SigninStack, authorization_url: str, login: str) -> str:
-    """devInteractions (login, consent) over HTTP; the callback URL with code, state, iss."""
-    with httpx.Client(timeout=15, follow_redirects=False) as idp_browser:
-        response = idp_browser.get(authorization_url)
-        for _ in range(12):
-            assert response.status_code in (302, 303), response.text[:500]
-            location = urljoin(str(response.url), response.headers["location"])
-            if location.startswith(stack.callback):
-                return location
-            page = idp_browser.get(location)
-            if page.status_code in (302, 303):
-                response = page
-                continue
-            form = ({"prompt": "login", "login": login, "password": "any"}
-                    if 'name="login"' in page.text else {"prompt": "consent"})
-            response = idp_browser.post(location, data=form)
-    raise AssertionError("the provider never redirected back")
-
-
 def call_back(agent: httpx.Client, query: str) -> httpx.Response:
     return agent.get("/connect/signin/callback?" + query)
 
@@ -130,26 +117,12 @@ def assert_refused(agent: httpx.Client, answer: httpx.Response, phrase: str) -> 
     assert agent.get("/connect").status_code == 401  # still no session in this browser
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        await chromium.close()
-
-
 async def test_sign_in_to_connect_in_a_browser(stack: SigninStack, browser: Browser) -> None:
     user = await asyncio.to_thread(stack.user)
     page = await browser.new_page()
     await page.goto(stack.gateway.url + "/connect")
     await page.get_by_role("link", name="Sign in").click()
-    await page.wait_for_url(stack.provider.issuer + "/**")
-    await page.locator('input[name="login"]').fill(user)
-    await page.locator('input[name="password"]').fill("any password")
-    await page.locator('button[type="submit"]').click()
-    await page.locator('button[type="submit"]', has_text="Continue").click()
+    await sign_in_on_provider_page(page, stack.provider.issuer, user)
     await page.wait_for_url(stack.gateway.url + "/connect")
     await expect(page.get_by_role("heading", name="Connected accounts")).to_be_visible()
     await expect(page.locator("p.who")).to_contain_text(f"user {user} of organisation {ORG}")
@@ -184,7 +157,7 @@ def test_authorization_request_uses_pkce_nonce_and_the_exact_redirect_uri(
 
 
 def test_callback_without_state_is_refused(stack: SigninStack, agent: httpx.Client) -> None:
-    back = sign_in_at_provider(stack, start(agent), stack.user())
+    back = sign_in_at_provider(start(agent), stack.user(), back_to=stack.callback)
     assert_refused(agent, call_back(agent, with_query(back, state=None)), "no valid state")
     assert_refused(agent, call_back(agent, with_query(back, state="x" * 40)), "already used")
 
@@ -192,7 +165,7 @@ def test_callback_without_state_is_refused(stack: SigninStack, agent: httpx.Clie
 def test_state_of_another_browser_is_refused_and_consumed(
     stack: SigninStack, agent: httpx.Client
 ) -> None:
-    back = sign_in_at_provider(stack, start(agent), stack.user())
+    back = sign_in_at_provider(start(agent), stack.user(), back_to=stack.callback)
     with httpx.Client(base_url=stack.gateway.url, follow_redirects=False) as other:
         start(other)  # its own sign-in cookie: a real browser, just not the one that started
         assert_refused(other, call_back(other, urlsplit(back).query), "another browser")
@@ -202,7 +175,7 @@ def test_state_of_another_browser_is_refused_and_consumed(
 
 def test_replayed_callback_is_refused(stack: SigninStack, agent: httpx.Client) -> None:
     user = stack.user()
-    back = sign_in_at_provider(stack, start(agent), user)
+    back = sign_in_at_provider(start(agent), user, back_to=stack.callback)
     done = call_back(agent, urlsplit(back).query)
     assert done.status_code == 303 and done.headers["location"] == "/connect"
     assert "gatehouse_connect=" in done.headers["set-cookie"]
@@ -219,7 +192,7 @@ def test_replayed_callback_is_refused(stack: SigninStack, agent: httpx.Client) -
 def test_wrong_or_missing_iss_is_refused(
     stack: SigninStack, agent: httpx.Client, iss: str | None, phrase: str
 ) -> None:
-    back = sign_in_at_provider(stack, start(agent), stack.user())
+    back = sign_in_at_provider(start(agent), stack.user(), back_to=stack.callback)
     assert query_of(back)["iss"] == stack.provider.issuer
     assert_refused(agent, call_back(agent, with_query(back, iss=iss)), phrase)
 
@@ -227,7 +200,7 @@ def test_wrong_or_missing_iss_is_refused(
 def test_nonce_mismatch_is_refused(stack: SigninStack, agent: httpx.Client) -> None:
     authorize = start(agent)
     stack.rewrite(query_of(authorize)["state"], nonce="n" * 43)  # the ID token keeps its own
-    back = sign_in_at_provider(stack, authorize, stack.user())
+    back = sign_in_at_provider(authorize, stack.user(), back_to=stack.callback)
     assert_refused(agent, call_back(agent, urlsplit(back).query), "nonce")
 
 
@@ -236,9 +209,9 @@ def test_wrong_verifier_or_tampered_code_is_refused(
 ) -> None:
     authorize = start(agent)
     stack.rewrite(query_of(authorize)["state"], verifier="v" * 64)
-    back = sign_in_at_provider(stack, authorize, stack.user())
+    back = sign_in_at_provider(authorize, stack.user(), back_to=stack.callback)
     assert_refused(agent, call_back(agent, urlsplit(back).query), "invalid_grant")
-    back = sign_in_at_provider(stack, start(agent), stack.user())
+    back = sign_in_at_provider(start(agent), stack.user(), back_to=stack.callback)
     tampered = with_query(back, code=query_of(back)["code"][:-2] + "xx")
     assert_refused(agent, call_back(agent, tampered), "invalid_grant")
 
@@ -252,7 +225,7 @@ def test_provider_error_is_shown_escaped(stack: SigninStack, agent: httpx.Client
 
 
 def test_user_without_an_organization_is_refused(stack: SigninStack, agent: httpx.Client) -> None:
-    back = urlsplit(sign_in_at_provider(stack, start(agent), stack.user(org=None)))
+    back = urlsplit(sign_in_at_provider(start(agent), stack.user(org=None), back_to=stack.callback))
     assert_refused(agent, call_back(agent, back.query), "organisation")
 
 

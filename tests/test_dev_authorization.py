@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,14 +42,12 @@ from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 from mcp_types import TextContent
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser
 from pydantic import AnyUrl
 
 from gateway.cli.devissuer import ensure_key
 from tests.conftest import GatewayFactory, InternalKeys
 from tests.support.browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     LoopbackCallback,
     dev_sign_in,
     query_of,
@@ -100,16 +98,6 @@ def dev(
     }, port, work_dir, "dev-authorization-gateway")
     yield DevStack(gateway, key_file)
     gateway.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 @pytest.fixture

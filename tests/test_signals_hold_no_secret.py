@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import httpx
@@ -50,6 +50,7 @@ from oauth.store import TokenStore
 from oauth.vault import TokenBundle
 from tests.conftest import InternalKeys
 from tests.support.browser import query_of
+from tests.support.browser import sign_in_at_provider as sign_in_over_http
 from tests.support.databases import Database
 from tests.support.github_standin import GitHubStandIn
 from tests.support.header_tap import HeaderTap
@@ -369,23 +370,11 @@ def authorization_request(stack: Stack, location: str, state_key: str) -> None:
 
 def sign_in_at_provider(stack: Stack, authorization_url: str, login: str) -> str:
     """oidc-provider's devInteractions (login, consent) over HTTP, in the provider's own
-    browser; the gateway URL it finally redirects to (code, state, iss)."""
-    with httpx.Client(timeout=20, follow_redirects=False) as agent:
-        response = agent.get(authorization_url)
-        for _ in range(12):
-            assert response.status_code in (302, 303), response.text[:500]
-            location = urljoin(str(response.url), response.headers["location"])
-            if location.startswith(stack.gateway.url):
-                stack.secrets.add("authorization code", query_of(location)["code"])
-                return location
-            page = agent.get(location)
-            if page.status_code in (302, 303):
-                response = page
-                continue
-            form = ({"prompt": "login", "login": login, "password": "any password"}
-                    if 'name="login"' in page.text else {"prompt": "consent"})
-            response = agent.post(location, data=form)
-    raise AssertionError("the provider never redirected back")
+    browser; the gateway URL it finally redirects to (code, state, iss), its code noted."""
+    location = sign_in_over_http(
+        authorization_url, login, back_to=stack.gateway.url, timeout=20)
+    stack.secrets.add("authorization code", query_of(location)["code"])
+    return location
 
 
 def sign_in_with_ticket(stack: Stack, browser: Browser, ticket: str, user: str) -> None:

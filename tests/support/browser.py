@@ -29,6 +29,9 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import asyncpg
 import httpx
+from fastmcp import Client as FastMcpClient
+from fastmcp.client.client import CallToolResult
+from playwright.async_api import Page
 
 from oauth.connect_links import issue_connect_link
 from oauth.keyring import Keyring
@@ -271,15 +274,24 @@ def with_query(url: str, **changes: str | None) -> str:
     return urlencode({k: v for k, v in query.items() if changes.get(k, "") is not None})
 
 
-def sign_in_at_provider(authorization_url: str, login: str, *, deny: bool = False) -> str:
+def sign_in_at_provider(
+    authorization_url: str, login: str, *, deny: bool = False, back_to: str | None = None,
+    timeout: float = 15,
+) -> str:
     """Drive oidc-provider's devInteractions (login, then consent) over HTTP; the URL the
-    provider finally redirects to (our callback, with ``code``/``state``/``iss``)."""
-    with httpx.Client(timeout=15, follow_redirects=False) as agent:
+    provider finally redirects to (the first under ``back_to``; by default a connect flow's
+    ``/oauth/{provider}/callback``), with ``code``/``state``/``iss``."""
+    def is_back(location: str) -> bool:
+        if back_to is not None:
+            return location.startswith(back_to)
+        return "/oauth/" in location and "/callback" in location
+
+    with httpx.Client(timeout=timeout, follow_redirects=False) as agent:
         response = agent.get(authorization_url)
         for _ in range(12):
             assert response.status_code in (302, 303), response.text[:500]
             location = urljoin(str(response.url), response.headers["location"])
-            if "/oauth/" in location and "/callback" in location:
+            if is_back(location):
                 return location
             page = agent.get(location)
             if page.status_code in (302, 303):
@@ -294,6 +306,27 @@ def sign_in_at_provider(authorization_url: str, login: str, *, deny: bool = Fals
                 form = {"prompt": "consent"}
             response = agent.post(location, data=form)
     raise AssertionError("the provider never redirected back")
+
+
+async def sign_in_on_provider_page(page: Page, issuer: str, login: str) -> None:
+    """oidc-provider's devInteractions in a Playwright ``page`` once it is at ``issuer``: a
+    login form (any password), then a consent form."""
+    await page.wait_for_url(issuer + "/**")
+    await page.locator('input[name="login"]').fill(login)
+    await page.locator('input[name="password"]').fill("any password")
+    await page.locator('button[type="submit"]').click()
+    await page.locator('button[type="submit"]', has_text="Continue").click()
+
+
+async def idp_whoami(stack: ConnectStack, token: str) -> CallToolResult:
+    """The ``idp`` provider's whoami tool through the gateway, as an MCP client with ``token``."""
+    async with FastMcpClient(stack.public_url + "/mcp", auth=token) as client:
+        result: CallToolResult = await client.call_tool("idp_whoami", {}, raise_on_error=False)
+    return result
+
+
+def text_of(result: CallToolResult) -> str:
+    return " ".join(getattr(part, "text", "") for part in result.content)
 
 
 def start_server_on(
