@@ -12,14 +12,13 @@ While it runs, ``up.json`` says which issuer and audience the running gateway ex
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gateway.cli.embedded.common import pid_alive
+from gateway.cli.embedded.common import pid_alive, pid_lock
 from gateway.errors import LauncherError
 
 LOCK_FILE = "up.lock"
@@ -28,20 +27,9 @@ STATE_FILE = "up.json"
 
 def hold_lock(data_dir: Path) -> int:
     """Lock ``data_dir`` for this process's lifetime; the descriptor is the lock."""
-    path = data_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise LauncherError(
-            f"another `gatehouse up` (pid {holder}) is already running on {data_dir}; "
-            "stop it first, or give this one its own --data-dir"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    return pid_lock(data_dir / LOCK_FILE, lambda holder: LauncherError(
+        f"another `gatehouse up` (pid {holder}) is already running on {data_dir}; "
+        "stop it first, or give this one its own --data-dir"))
 
 
 def check_ports_free(host: str, ports: dict[str, int], host_option: str = "--host") -> None:

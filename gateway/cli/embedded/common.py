@@ -56,21 +56,27 @@ def require_posix() -> None:
         raise EmbeddedError("embedded PostgreSQL/Redis need a POSIX system (Linux or macOS)")
 
 
-def acquire_lock(path: Path, what: str) -> int:
-    """Hold an exclusive lock for the server's lifetime; the kernel drops it if we die."""
+def pid_lock(path: Path, refusal: Callable[[str], Exception]) -> int:
+    """Lock ``path`` exclusively for this process's lifetime (the descriptor is the lock; the
+    kernel drops it however we die) and write our pid in it; if another process holds it,
+    raise ``refusal(its pid)``."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise EmbeddedError(
-            f"{what} in {path.parent} is already in use by another process (pid {holder}); "
-            "stop it first or use another --data-dir"
-        ) from None
+        raise refusal(holder) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def acquire_lock(path: Path, what: str) -> int:
+    """Hold an exclusive lock for the server's lifetime."""
+    return pid_lock(path, lambda holder: EmbeddedError(
+        f"{what} in {path.parent} is already in use by another process (pid {holder}); "
+        "stop it first or use another --data-dir"))
 
 
 def release_lock(handle: Handle) -> None:
@@ -137,7 +143,3 @@ def pid_alive(pid: int) -> bool:
 def register_exit_safety_net(stop: Callable[[], None]) -> None:
     """Stop a server the caller forgot to stop; ``stop()`` remains the way to do it."""
     atexit.register(stop)
-
-
-# --------------------------------------------------------------------------------------------
-# PostgreSQL
