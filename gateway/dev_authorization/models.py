@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from ipaddress import ip_address
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self, cast
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import (  # type: ignore[import-untyped]
@@ -19,6 +19,9 @@ from authlib.oauth2.rfc6749 import (  # type: ignore[import-untyped]
     ClientMixin,
     TokenMixin,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 SCOPES_SUPPORTED = ("mcp", "offline_access")
 GRANT_TYPES = ("authorization_code", "refresh_token")
@@ -130,8 +133,20 @@ class DevUser:
         return cls(**{**data, "roles": tuple(data["roles"])})
 
 
+class _IssuedToUser:
+    """A record issued to a ``DevUser``; its JSON form nests the user as an object."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(cast("DataclassInstance", self)))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Self:
+        data = json.loads(raw)
+        return cls(**{**data, "user": DevUser.from_dict(data["user"])})
+
+
 @dataclass(frozen=True)
-class AuthorizationCode(AuthorizationCodeMixin):  # type: ignore[misc]
+class AuthorizationCode(_IssuedToUser, AuthorizationCodeMixin):  # type: ignore[misc]
     client_id: str
     redirect_uri: str
     scope: str
@@ -147,17 +162,9 @@ class AuthorizationCode(AuthorizationCodeMixin):  # type: ignore[misc]
     def get_scope(self) -> str:
         return self.scope
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> AuthorizationCode:
-        data = json.loads(raw)
-        return cls(**{**data, "user": DevUser.from_dict(data["user"])})
-
 
 @dataclass(frozen=True)
-class RefreshRecord(TokenMixin):  # type: ignore[misc]
+class RefreshRecord(_IssuedToUser, TokenMixin):  # type: ignore[misc]
     client_id: str
     scope: str
     user: DevUser
@@ -178,11 +185,3 @@ class RefreshRecord(TokenMixin):  # type: ignore[misc]
 
     def is_revoked(self) -> bool:
         return False  # a revoked or used refresh token is deleted, never kept and flagged
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> RefreshRecord:
-        data = json.loads(raw)
-        return cls(**{**data, "user": DevUser.from_dict(data["user"])})
