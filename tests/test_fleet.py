@@ -76,8 +76,8 @@ async def wait_for(check: Callable[[], bool], seconds: float, what: str) -> None
         await asyncio.sleep(0.05)
 
 
-async def audited_tool_calls(fleet: Fleet, org: str) -> int:
-    conn = await asyncpg.connect(fleet.admin_dsn())
+async def audited_tool_calls(admin_dsn: str, org: str) -> int:
+    conn = await asyncpg.connect(admin_dsn)
     try:
         count: int = await conn.fetchval(
             "SELECT count(*) FROM audit_log WHERE org_id = $1 AND event = 'tool.call'", org)
@@ -189,7 +189,7 @@ async def test_sigterm_drains_a_gateway_replica_under_load_without_a_failure() -
             assert [e.get("method") for e in events] == ["notifications/progress"] * 3 + [None]
             await wait_for(lambda: not alive(old), 10, "exited")
             # Only the drained replica has written its queue (the others flush every 600 s).
-            assert await audited_tool_calls(fleet, "fleet-b") > 0
+            assert await audited_tool_calls(fleet.admin_dsn(), "fleet-b") > 0
             await wait_for(lambda: fleet.pid("gateway-1") != old, 15, "restarted")
             await wait_for(lambda: fleet.stats()["gateway-1"]["status"] == "UP", 60,
                            "back in rotation")
@@ -211,13 +211,7 @@ async def _count_with_cluster(fleet: Fleet, org: str) -> int:
     """Count rows with the fleet stopped: the test starts the embedded cluster for it."""
     postgres = embedded.start_postgres(fleet.data_dir)
     try:
-        conn = await asyncpg.connect(postgres.admin_url)
-        try:
-            count: int = await conn.fetchval(
-                "SELECT count(*) FROM audit_log WHERE org_id = $1 AND event = 'tool.call'", org)
-            return count
-        finally:
-            await conn.close()
+        return await audited_tool_calls(postgres.admin_url, org)
     finally:
         postgres.stop()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -21,6 +20,7 @@ from redis.asyncio import Redis
 from oauth.refresh import lock_key
 from resilience import BreakerState, CircuitBreaker, RateLimiter, create_redis
 from resilience.keys import key_of
+from tests.support.tenants import Who
 
 SEPARATORS = (":", "%", "/", "|", "\x1f")
 # Separators, the characters of their own percent-encodings, lone surrogates and any Unicode.
@@ -30,12 +30,6 @@ IDENTIFIER = st.text(alphabet=_TRICKY | st.characters(), max_size=10)
 # Constructing limiters and breakers registers scripts only; nothing here talks to Redis.
 _OFFLINE = Redis(host="127.0.0.1", port=1)
 _LIMITER = RateLimiter(_OFFLINE, "10/minute", namespace="gatehouse-user")
-
-
-@dataclass(frozen=True)
-class Who:
-    org_id: str
-    user_id: str
 
 
 Builder = Callable[[tuple[str, ...]], str]

@@ -41,6 +41,7 @@ from resilience import create_redis
 from tests.support.databases import Database
 from tests.support.oidc_provider import OidcProvider
 from tests.support.processes import Server, free_port, wait_healthy
+from tests.support.tenants import Who
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -98,25 +99,19 @@ class ConnectStack:
         return _run(run())
 
     def connection(self, org: str, user: str, provider: str = "idp") -> ConnectionInfo | None:
-        return self._with_store(lambda store: store.info(User(org, user), provider))
+        return self._with_store(lambda store: store.info(Who(org, user), provider))
 
     def tokens(self, org: str, user: str, provider: str = "idp") -> TokenBundle | None:
-        return self._with_store(lambda store: store.load(User(org, user), provider))
+        return self._with_store(lambda store: store.load(Who(org, user), provider))
 
     def save_tokens(self, org: str, user: str, provider: str, bundle: TokenBundle) -> int:
-        return self._with_store(lambda store: store.save(User(org, user), provider, bundle))
+        return self._with_store(lambda store: store.save(Who(org, user), provider, bundle))
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run on a private loop in a worker thread: callable from sync and async tests alike."""
     with ThreadPoolExecutor(1) as worker:
         return worker.submit(asyncio.run, coroutine).result()
-
-
-@dataclass(frozen=True)
-class User:
-    org_id: str
-    user_id: str
 
 
 def _start_on(factory: str, env: dict[str, str], port: int, log_dir: Path, name: str) -> Server:
