@@ -11,7 +11,7 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,7 @@ import httpx
 import pytest
 from fastmcp import Client
 
-from tests.support.databases import Database
-from tests.support.github_grants import Env, connect, github_env
+from tests.support.github_grants import Env, connect, env_fixture
 from tests.support.oidc_provider import OidcProvider
 from tests.support.processes import Server, free_port
 from tests.support.tenants import new_user
@@ -118,13 +117,7 @@ async def drive_traffic(gateway: Server, env: Env, idp: OidcProvider) -> None:
     assert refused.status_code == 401
 
 
-@pytest.fixture(scope="module")
-async def env(
-    mcp_server: Server, database: Database, redis_url: str, idp: OidcProvider
-) -> AsyncIterator[Env]:
-    """What ``connect`` needs: the token store and the GitHub stand-in."""
-    async with github_env(mcp_server, database, redis_url, idp) as opened:
-        yield opened
+env = env_fixture()
 
 
 async def test_every_panel_query_returns_series(

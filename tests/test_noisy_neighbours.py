@@ -13,27 +13,20 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import GatewayFactory
-from tests.support.databases import Database
-from tests.support.github_grants import Env, call, connect, fail, github_env, requests_of, text
-from tests.support.oidc_provider import OidcProvider
+from tests.support.github_grants import Env, call, connect, env_fixture, fail, requests_of, text
 from tests.support.processes import Server, start_uvicorn
 from tests.support.tenants import Who, new_user
 
 StackFactory = Callable[..., Server]
 
 
-@pytest.fixture(scope="module")
-async def env(
-    mcp_server: Server, database: Database, redis_url: str, idp: OidcProvider
-) -> AsyncIterator[Env]:
-    async with github_env(mcp_server, database, redis_url, idp) as opened:
-        yield opened
+env = env_fixture()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -17,9 +17,7 @@ from fastmcp import Client
 
 from oauth.connect_links import ConnectGrant, use_connect_ticket
 from tests.conftest import GatewayFactory
-from tests.support.databases import Database
-from tests.support.github_grants import Env, call, connect, fail, github_env, requests_of, text
-from tests.support.oidc_provider import OidcProvider
+from tests.support.github_grants import Env, call, connect, env_fixture, fail, requests_of, text
 from tests.support.processes import Server, start_uvicorn
 from tests.support.tenants import Who
 from tests.support.tenants import new_user as fresh_user
@@ -27,12 +25,7 @@ from tests.support.tenants import new_user as fresh_user
 LINK = re.compile(r"https://gatehouse\.test/connect\?ticket=([A-Za-z0-9_-]{43})")
 
 
-@pytest.fixture(scope="module")
-async def env(
-    mcp_server: Server, database: Database, redis_url: str, idp: OidcProvider
-) -> AsyncIterator[Env]:
-    async with github_env(mcp_server, database, redis_url, idp) as opened:
-        yield opened
+env = env_fixture()
 
 
 async def new_user(env: Env) -> Who:

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from fastmcp import Client
 from mcp_types import TextContent
 from redis.asyncio import Redis
@@ -50,6 +51,18 @@ async def github_env(
     finally:
         await redis.aclose()
         await pool.close()
+
+
+def env_fixture() -> Any:
+    """A module-scoped ``env`` fixture over :func:`github_env`: ``env = env_fixture()``."""
+    @pytest.fixture(scope="module")
+    async def env(
+        mcp_server: Server, database: Database, redis_url: str, idp: OidcProvider
+    ) -> AsyncIterator[Env]:
+        async with github_env(mcp_server, database, redis_url, idp) as opened:
+            yield opened
+
+    return env
 
 
 async def connect(env: Env, who: Who, *, scopes: str = "repo, read:user",
