@@ -46,6 +46,12 @@ class Outcome:
 class Recorder:
     outcomes: list[Outcome] = field(default_factory=list)
     created: dict[str, str] = field(default_factory=dict)  # acknowledged session id -> name
+    pending: dict[int, tuple[str, float]] = field(default_factory=dict)  # in flight: kind, start
+
+    def stuck(self, kind: str, seconds: float) -> bool:
+        """Whether a ``kind`` request has been waiting for its answer for ``seconds``."""
+        now = time.monotonic()
+        return any(k == kind and now - s >= seconds for k, s in self.pending.values())
 
     def ok_since(self, moment: float) -> int:
         return sum(o.ok for o in self.outcomes if o.started >= moment)
@@ -97,12 +103,15 @@ async def _worker(http: httpx.AsyncClient, token: str, stop: asyncio.Event,
 async def _request(recorder: Recorder, kind: str, send: Awaitable[httpx.Response],
                    expect: str | None = None) -> None:
     started = time.monotonic()  # the request is sent only once awaited
+    recorder.pending[id(send)] = (kind, started)
     try:
         response = await send
     except httpx.HTTPError as exc:
         recorder.outcomes.append(Outcome(kind, started, time.monotonic(), 0,
                                          type(exc).__name__, False))
         return
+    finally:
+        del recorder.pending[id(send)]
     ended = time.monotonic()
     ok, code = _judge(kind, response, expect)
     if ok and kind == "create":
