@@ -47,6 +47,12 @@ RESPONSE_HEADERS = frozenset({
 })
 _RESPONSE_HEADERS = frozenset(name.encode("latin-1") for name in RESPONSE_HEADERS)
 _JSON_TYPES = ("application/json",)
+# Methods that only read: one that reached mcp_server may be sent again when a reused
+# connection broke before any answer (RFC 9110 9.2.2). A tools/call may have acted: never.
+_REPLAYABLE = frozenset({
+    "initialize", "ping", "server/discover", "tools/list", "prompts/list", "prompts/get",
+    "resources/list", "resources/read", "resources/templates/list", "completion/complete",
+})
 _ERROR_MARKERS = (b'"isError":true', b'"error":{')
 
 
@@ -88,27 +94,20 @@ class McpForwarder:
     """The ASGI endpoint behind ``/mcp``."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        services = services_of(scope)
-        if scope["method"] not in ("POST", "GET", "DELETE"):
-            raise BadRequest("use POST, GET or DELETE", status=405, code="method_not_allowed")
-        body = b""
-        message: RpcMessage | None = None
-        if scope["method"] == "POST":
-            if _content_type(scope) not in _JSON_TYPES:
-                raise BadRequest(
-                    "MCP messages must be sent as application/json",
-                    status=415, code="unsupported_media_type",
-                )
-            body = await read_body(receive, services.settings.max_body_bytes)
-            try:
-                message = parse_message(body)
-            except RpcError as exc:
-                await Response(exc.body(), 400, media_type="application/json")(
-                    scope, receive, send
-                )
-                return
-            self._authorize(scope, message)
-            services.metrics.mcp_method(message.method or "response")
+        services = services_of(scope)  # POST only: the routes answer other methods with 405
+        if _content_type(scope) not in _JSON_TYPES:
+            raise BadRequest(
+                "MCP messages must be sent as application/json",
+                status=415, code="unsupported_media_type",
+            )
+        body = await read_body(receive, services.settings.max_body_bytes)
+        try:
+            message = parse_message(body)
+        except RpcError as exc:
+            await Response(exc.body(), 400, media_type="application/json")(scope, receive, send)
+            return
+        self._authorize(scope, message)
+        services.metrics.mcp_method(message.method or "response")
         session = await self._session(services, scope)
         if message is not None:
             tracing.describe_request(scope, message, str(session.id) if session else None)
@@ -120,7 +119,8 @@ class McpForwarder:
         url = services.settings.mcp_server_url
         with tracing.client_span(scope, message, url, send) as traced_send:
             async with services.metrics.client_operation(message, traced_send) as operation:
-                succeeded = await self._forward(services, scope, body, operation.send, session)
+                succeeded = await self._forward(services, scope, body, operation.send, session,
+                                                replayable=message.method in _REPLAYABLE)
         if message is not None and message.method == "tools/call":
             self._audit_tool_call(services, scope, message, session, succeeded, started)
 
@@ -141,7 +141,8 @@ class McpForwarder:
             answer = system_prompt_answer(message.id, prompt.text, protocol)
             await Response(answer, media_type="application/json")(scope, receive, send)
             return True
-        upstream = await self._open(services, scope, body, session)
+        upstream = await self._open(services, scope, body, session,
+                                    replayable=message.method in _REPLAYABLE)
         async with upstream:
             raw = await upstream.read()
             content_type = upstream.header(b"content-type")
@@ -208,10 +209,11 @@ class McpForwarder:
         return headers
 
     async def _forward(
-        self, services: Services, scope: Scope, body: bytes, send: Send, session: Session | None
+        self, services: Services, scope: Scope, body: bytes, send: Send, session: Session | None,
+        *, replayable: bool,
     ) -> bool:
         """Relay the exchange; whether it succeeded (2xx, and no error in what was relayed)."""
-        upstream = await self._open(services, scope, body, session)
+        upstream = await self._open(services, scope, body, session, replayable)
         async with upstream:
             await send({
                 "type": "http.response.start",
@@ -222,11 +224,13 @@ class McpForwarder:
         return clean and 200 <= upstream.status < 300
 
     async def _open(
-        self, services: Services, scope: Scope, body: bytes, session: Session | None
+        self, services: Services, scope: Scope, body: bytes, session: Session | None,
+        replayable: bool,
     ) -> UpstreamResponse:
         try:
             return await services.upstream.request(
-                scope["method"], self._headers(services, scope, session), body)
+                scope["method"], self._headers(services, scope, session), body,
+                replayable=replayable)
         except TimeoutError as exc:  # first: aiohttp's timeouts are ClientErrors and OSErrors too
             services.metrics.upstream_errors.labels("timeout").inc()
             raise _timed_out(exc) from exc

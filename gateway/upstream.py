@@ -9,10 +9,12 @@ stream is never buffered: reading pauses while a slow caller has not taken what 
 
 A connection goes back to the pool only when its answer was read to the end and the server
 keeps it alive; idle ones are dropped before uvicorn's keep-alive (5 s) would close them. A
-request on a reused connection that the server closed before answering a single byte is sent
-once more on a fresh one (the server never saw it). Failures are :class:`UpstreamFailed`
-(a ``ConnectionError``); a connection not accepted within ``connect_timeout`` is a
-:class:`ConnectTimeout`, an answer waited for longer than ``read_timeout`` a ``TimeoutError``.
+request that only reads, on a reused connection the server closed before answering a single
+byte, is sent once more on a fresh one; any other request is not (the server, or the balancer
+in front of it, may have acted on it before the connection broke). Failures are
+:class:`UpstreamFailed` (a ``ConnectionError``); a connection not accepted within
+``connect_timeout`` is a :class:`ConnectTimeout`, an answer waited for longer than
+``read_timeout`` a ``TimeoutError``.
 """
 
 from __future__ import annotations
@@ -190,8 +192,10 @@ class Upstream:
         self._idle: deque[_Connection] = deque()
         self._slots = asyncio.Semaphore(max_connections)
 
-    async def request(self, method: str, headers: dict[str, str], body: bytes
-                      ) -> UpstreamResponse:
+    async def request(self, method: str, headers: dict[str, str], body: bytes, *,
+                      replayable: bool = False) -> UpstreamResponse:
+        """Send one request. Only a ``replayable`` one (it changes nothing) is sent again when a
+        reused connection breaks before any answer: the server may have acted on the first."""
         head = self._head(method, headers, len(body))
         await self._slots.acquire()
         try:
@@ -199,7 +203,7 @@ class Upstream:
             try:
                 return await self._exchange(conn, head, body)
             except UpstreamFailed:
-                if not reused or conn.answered:
+                if not (replayable and reused) or conn.answered:
                     raise
             conn, _ = await self._connection(fresh=True)  # the server closed an idle one
             return await self._exchange(conn, head, body)

@@ -52,8 +52,10 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
-async def drain(pool: Upstream, body: bytes = b"{}") -> tuple[int, bytes]:
-    async with await pool.request("POST", {"content-type": "application/json"}, body) as r:
+async def drain(pool: Upstream, body: bytes = b"{}", *, replayable: bool = False
+                ) -> tuple[int, bytes]:
+    headers = {"content-type": "application/json"}
+    async with await pool.request("POST", headers, body, replayable=replayable) as r:
         return r.status, await r.read()
 
 
@@ -117,8 +119,34 @@ async def test_a_connection_closed_while_idle_is_retried_on_a_fresh_one() -> Non
 
     async with raw_server(once_then_close) as url:
         pool = pool_for(url)
-        assert [await drain(pool) for _ in range(4)] == [(200, b"ok")] * 4
+        answers = [await drain(pool, replayable=True) for _ in range(4)]
+        assert answers == [(200, b"ok")] * 4
         assert served == 4
+        await pool.close()
+
+
+async def test_a_request_that_may_have_acted_is_never_sent_twice() -> None:
+    """A tools/call on a reused connection that breaks before any answer: the server may have
+    acted on it, so it is an error, never a second delivery."""
+    received = 0
+
+    async def answer_once_then_drop(reader: asyncio.StreamReader,
+                                    writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        await read_request(reader)
+        received += 1
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        await read_request(reader)  # the second request arrives on the kept-alive connection
+        received += 1
+        writer.close()  # ... and the server dies before answering it
+
+    async with raw_server(answer_once_then_drop) as url:
+        pool = pool_for(url)
+        assert await drain(pool) == (200, b"ok")
+        with pytest.raises(UpstreamFailed):
+            await drain(pool)
+        assert received == 2  # delivered once, not again on a fresh connection
         await pool.close()
 
 
