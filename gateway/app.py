@@ -37,11 +37,11 @@ from gateway.origin import allowed_origins
 from gateway.principal import ClaimMapping
 from gateway.problem import http_exception
 from gateway.provisioning import Provisioner
-from gateway.ratelimit import UserRateLimitMiddleware
 from gateway.services import Services
 from gateway.settings import GatewaySettings
 from gateway.tokens import TokenVerifier
 from gateway.upstream import Upstream
+from gateway.user_limit import UserRateLimitMiddleware
 from oauth.assertion import AssertionSigner
 from oauth.keys import load_private_key
 from prompts import PromptComposer
