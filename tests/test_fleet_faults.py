@@ -342,7 +342,7 @@ async def test_sigkill_an_mcp_server_replica_fails_calls_in_flight_clearly(
     window = report("SIGKILL mcp_server-1 (calls held in flight on it)", load, killed_at)
     held = [o for o in window.outcomes if o.kind == "echo" and o.started < killed_at < o.ended]
     print(f"  calls held on it when it died: {len(held)}, of which failed: "
-          f"{sum(not o.ok for o in held)} (a call nothing answered is sent once more)")
+          f"{sum(not o.ok for o in held)} (a tools/call is never sent twice: it may have acted)")
     assert held, "no call was in flight on the killed replica"
     for failure in window.failures:
         assert failure.kind == "echo", failure
