@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from starlette.types import Message, Send
+from starlette.types import Message, Scope, Send
 
 from gateway.errors import UpstreamUnavailable
 from oauth.catalogue import load_catalogue
@@ -54,6 +54,13 @@ _ERROR_MARKERS = ((b'"isError":true', "tool_error"), (b'"error":{', "jsonrpc_err
 
 def known_tools() -> frozenset[str]:
     return frozenset(_CURATED_TOOLS) | {f"{name}_whoami" for name in load_catalogue()}
+
+
+def route_label(scope: Scope) -> str:
+    """A request's ``route`` label: the matched route's template (``/v1/sessions/{session_id}``:
+    a bounded set, never the raw path with its ids), else its family (refused before routing)."""
+    template = getattr(scope.get("route"), "path", None)
+    return template if isinstance(template, str) else route_family(scope["path"])
 
 
 def route_family(path: str) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import BadRequest, GatewayError
-from gateway.metrics import route_family
+from gateway.metrics import route_label
 from gateway.origin import OriginCheck
 from gateway.problem import INTERNAL_ERROR, error_response, translate
 from gateway.services import services_of
@@ -123,9 +123,9 @@ class EdgeMiddleware:
     @staticmethod
     def _metering(scope: Scope, started: float) -> Callable[[int], None]:
         metrics = services_of(scope).metrics
-        route = route_family(scope["path"])
 
         def on_start(status: int) -> None:
+            route = route_label(scope)
             metrics.latency.labels(route).observe(time.perf_counter() - started)
             metrics.requests.labels(route, scope["method"], str(status)).inc()
 

@@ -320,6 +320,18 @@ def test_metrics_count_requests_without_secrets(gateway: Server, alice_token: st
     assert alice_token not in text and "garbage" not in text
 
 
+def test_metrics_label_requests_by_route_template(gateway: Server, alice_token: str) -> None:
+    auth = {"Authorization": f"Bearer {alice_token}"}
+    created = httpx.post(gateway.url + "/v1/sessions", json={}, headers=auth)
+    session_id = created.json()["id"]
+    assert httpx.get(f"{gateway.url}/v1/sessions/{session_id}", headers=auth).status_code == 200
+    text = httpx.get(gateway.url + "/metrics").text
+    assert ('gatehouse_http_requests_total{method="GET",route="/v1/sessions/{session_id}",'
+            'status="200"}') in text
+    assert 'route="/v1/sessions",status="201"' in text
+    assert session_id not in text  # never the raw path
+
+
 @pytest.mark.parametrize(("fail_open", "status"), [("true", 200), ("false", 503)])
 def test_redis_down_follows_the_limit_policy_without_hanging(
     start_gateway: Any, alice_token: str, fail_open: str, status: int
