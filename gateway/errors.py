@@ -11,16 +11,33 @@
     ├── UpstreamUnavailable   mcp_server, the database or Redis cannot be reached (502/503),
     │                         or mcp_server did not accept or answer in time (504)
     │   └── JwksUnavailable   no usable issuer key set (fetch failed, nothing fresh cached)
-    └── LauncherError         ``gatehouse`` (gateway.cli) failed; printed, never an HTTP answer
-        ├── EmbeddedError     a private PostgreSQL/Redis could not be started or stopped
-        └── SupervisorError   a child process (gateway, mcp_server) could not be started
+    ├── LauncherError         ``gatehouse`` (gateway.cli) failed; printed, never an HTTP answer
+    │   ├── EmbeddedError     a private PostgreSQL/Redis could not be started or stopped
+    │   └── SupervisorError   a child process (gateway, mcp_server) could not be started
+    └── AnsweredByCaller      caught by the gateway code that called the raiser and answered in
+        │                     that code's own terms; one reaching the edge is a bug, logged and
+        │                     answered as an unexpected 500 like any foreign exception
+        ├── RpcError              a malformed JSON-RPC message (answered as a JSON-RPC error)
+        ├── JsonBodyError         a body that is not accepted JSON (also a ``ValueError``)
+        ├── UpstreamFailed        mcp_server unreachable or broke the exchange off (also a
+        │                         ``ConnectionError``)
+        ├── ConnectTimeout        mcp_server did not accept a connection in time (also a
+        │                         ``TimeoutError``)
+        ├── CatalogueUnreadable   mcp_server's ``tools/list`` answer was not a tool list
+        ├── CsrfRejected          a connect form not provably from our own page
+        ├── InternalError         mcp_server's internal connect endpoints refused or are down
+        ├── SigninError           an OpenID Connect sign-in cannot complete (shown on a page)
+        └── ClientDocumentError   a client id metadata document (CIMD) cannot identify a client
 
 Lower packages raise their own roots (``sql.DatabaseError``, ``resilience.ResilienceError``,
 ``oauth.OAuthError``); :mod:`gateway.problem` translates them at the edge, in one table.
+Private signals a module raises and catches itself (``_Unwritten`` in :mod:`gateway.audit`,
+``_BadBody`` in :mod:`gateway.dev_authorization.routes`) stay in that module.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any, Literal
@@ -173,3 +190,69 @@ class EmbeddedError(LauncherError):
 
 class SupervisorError(LauncherError):
     """A child could not be started at all; the message says which and why."""
+
+
+class AnsweredByCaller(GatewayError):
+    """Raised for the calling gateway code to answer in its own terms (a JSON-RPC error, a
+    connect page, an OAuth error, a problem it chooses); :func:`gateway.problem.translate` never
+    shows one as it is, so its message does not leak if one is left uncaught."""
+
+
+class RpcError(AnsweredByCaller):
+    """A message that is not valid JSON-RPC 2.0; ``body()`` is the JSON-RPC error answer.
+
+    ``rpc_code`` is the JSON-RPC error code (``code`` is every gateway error's problem code)."""
+
+    def __init__(self, code: int, message: str, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.rpc_code = code
+        self.message = message
+        self.request_id = request_id
+
+    def body(self) -> bytes:
+        return json.dumps({
+            "jsonrpc": "2.0",
+            "id": self.request_id,
+            "error": {"code": self.rpc_code, "message": self.message},
+        }).encode()
+
+
+class JsonBodyError(AnsweredByCaller, ValueError):
+    """The body is not a JSON document this gateway accepts; the message says why."""
+
+
+class UpstreamFailed(AnsweredByCaller, ConnectionError):
+    """The upstream could not be reached, or broke the exchange off."""
+
+
+class ConnectTimeout(AnsweredByCaller, TimeoutError):
+    """The upstream did not accept a connection in time (so it never saw the request)."""
+
+
+class CatalogueUnreadable(AnsweredByCaller):
+    """mcp_server's answer to ``tools/list`` was not a tool list."""
+
+
+class CsrfRejected(AnsweredByCaller):
+    """The form is not provably from our own page."""
+
+
+class InternalError(AnsweredByCaller):
+    """mcp_server refused (``code``/``message`` are safe to show) or could not be reached."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class SigninError(AnsweredByCaller):
+    """The sign-in cannot complete; the message explains why to the person signing in."""
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason  # the refusing JWT rule's code, for ID token refusals
+
+
+class ClientDocumentError(AnsweredByCaller):
+    """The URL or its document cannot identify a client; the message says why (safe to show)."""

@@ -20,8 +20,8 @@ from gateway import tracing
 from gateway.asgi import header
 from gateway.audit import AuditEntry
 from gateway.auth import principal_of
-from gateway.errors import BadRequest, UpstreamUnavailable
-from gateway.jsonrpc import RpcError, RpcMessage, parse_message
+from gateway.errors import BadRequest, ConnectTimeout, RpcError, UpstreamUnavailable
+from gateway.jsonrpc import RpcMessage, parse_message
 from gateway.mcp_system_prompt import (
     REWRITTEN_METHODS,
     SYSTEM_PROMPT,
@@ -32,7 +32,7 @@ from gateway.permissions import require
 from gateway.services import Services, services_of
 from gateway.sessions import Session, usable
 from gateway.system_prompt import compose_for
-from gateway.upstream import ConnectTimeout, UpstreamResponse
+from gateway.upstream import UpstreamResponse
 from oauth.assertion import CallerIdentity
 from sql import rls_transaction
 from telemetry.logs import bind

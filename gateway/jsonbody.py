@@ -3,7 +3,8 @@
 Python's ``json`` module accepts ``NaN``/``Infinity`` (not JSON; PostgreSQL refuses them later),
 turns ``1e999`` into infinity, and recurses once per nesting level (``RecursionError`` on deep
 input). Here all three are refused up front, together with empty and non-UTF-8 bodies, as a
-:class:`JsonBodyError` that each caller shows in its own protocol (JSON-RPC error or problem).
+:class:`gateway.errors.JsonBodyError` that each caller shows in its own protocol (JSON-RPC error
+or problem).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import re
 from itertools import accumulate
 from typing import Any
 
+from gateway.errors import JsonBodyError
+
 MAX_DEPTH = 64
 
 _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
@@ -21,10 +24,6 @@ _NOT_BRACKET = bytes(range(256)).translate(None, b"[]{}")
 _STEP = [0] * 256
 for _open, _close in (b"[]", b"{}"):
     _STEP[_open], _STEP[_close] = 1, -1
-
-
-class JsonBodyError(ValueError):
-    """The body is not a JSON document this gateway accepts; the message says why."""
 
 
 def _refuse_constant(name: str) -> Any:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.jsonbody import JsonBodyError, loads
+from gateway.errors import JsonBodyError, RpcError
+from gateway.jsonbody import loads
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -17,21 +17,6 @@ class RpcMessage:
     method: str | None  # None for a client's response to a server request
     id: Any
     name: str | None  # the tool of tools/call, the prompt of prompts/get
-
-
-class RpcError(Exception):
-    def __init__(self, code: int, message: str, request_id: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.request_id = request_id
-
-    def body(self) -> bytes:
-        return json.dumps({
-            "jsonrpc": "2.0",
-            "id": self.request_id,
-            "error": {"code": self.code, "message": self.message},
-        }).encode()
 
 
 def parse_message(body: bytes) -> RpcMessage:

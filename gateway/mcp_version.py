@@ -19,7 +19,8 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSI
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.jsonrpc import RpcError, parse_message
+from gateway.errors import RpcError
+from gateway.jsonrpc import parse_message
 
 # What mcp_server serves: the same SDK, installed with the gateway, so the lists cannot differ.
 SUPPORTED = (*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS)

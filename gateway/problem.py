@@ -9,7 +9,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.errors import BadRequest, GatewayError, UpstreamUnavailable, title_of
+from gateway.errors import (
+    AnsweredByCaller,
+    BadRequest,
+    GatewayError,
+    UpstreamUnavailable,
+    title_of,
+)
 from prompts import PromptError
 from resilience import LimiterUnavailable
 from sql import DatabaseUnavailable
@@ -55,6 +61,8 @@ def _from_sqlstate(exc: asyncpg.PostgresError) -> GatewayError | None:
 
 def translate(exc: Exception) -> GatewayError | None:
     """The gateway error a lower package's error is shown as; ``None`` for unexpected errors."""
+    if isinstance(exc, AnsweredByCaller):
+        return None  # its caller should have answered it: unexpected here, logged, not shown
     if isinstance(exc, GatewayError):
         return exc
     if isinstance(exc, asyncpg.PostgresError):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import CatalogueUnreadable, UpstreamUnavailable
 from gateway.principal import Principal
 from oauth.assertion import CallerIdentity
 
@@ -29,10 +29,6 @@ _PROTOCOL = "2025-11-25"  # answered without a handshake by the stateless server
 _MAX_PAGES = 20
 _TIMEOUT = aiohttp.ClientTimeout(total=5)
 _log = logging.getLogger(__name__)
-
-
-class CatalogueUnreadable(Exception):
-    """mcp_server's answer to ``tools/list`` was not a tool list."""
 
 
 class ToolCatalogue:

@@ -12,8 +12,8 @@ keeps it alive; idle ones are dropped before uvicorn's keep-alive (5 s) would cl
 request that only reads, on a reused connection the server closed before answering a single
 byte, is sent once more on a fresh one; any other request is not (the server, or the balancer
 in front of it, may have acted on it before the connection broke). Failures are
-:class:`UpstreamFailed` (a ``ConnectionError``); a connection not accepted within
-``connect_timeout`` is a :class:`ConnectTimeout`, an answer waited for longer than
+:class:`gateway.errors.UpstreamFailed` (a ``ConnectionError``); a connection not accepted within
+``connect_timeout`` is a :class:`gateway.errors.ConnectTimeout`, an answer waited for longer than
 ``read_timeout`` a ``TimeoutError``.
 """
 
@@ -30,17 +30,11 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gateway.errors import ConnectTimeout, UpstreamFailed
+
 IDLE_SECONDS = 4.0  # below uvicorn's default --timeout-keep-alive of 5 s
 MAX_IDLE = 64
 HIGH_WATER = 256 * 1024  # bytes read but not yet taken: reading pauses above this
-
-
-class UpstreamFailed(ConnectionError):
-    """The upstream could not be reached, or broke the exchange off."""
-
-
-class ConnectTimeout(TimeoutError):
-    """The upstream did not accept a connection in time (so it never saw the request)."""
 
 
 class _Connection(asyncio.Protocol):

@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from playwright.async_api import Browser, expect
 
 from gateway.connect.signin import state_key
-from gateway.connect.signin_oidc import SigninError, validate_id_token
+from gateway.connect.signin_oidc import validate_id_token
+from gateway.errors import SigninError
 from gateway.jwks import JwksCache
 from oauth.connect import s256
 from tests.support.browser import (

@@ -24,8 +24,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.connect.signin_oidc import SigninError, validate_id_token
-from gateway.errors import Unauthenticated
+from gateway.connect.signin_oidc import validate_id_token
+from gateway.errors import SigninError, Unauthenticated
 from gateway.jwks import JwksCache
 from gateway.tokens import TokenVerifier
 from oauth import assertion

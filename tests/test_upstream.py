@@ -12,7 +12,8 @@ import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from gateway.upstream import ConnectTimeout, Upstream, UpstreamFailed
+from gateway.errors import ConnectTimeout, UpstreamFailed
+from gateway.upstream import Upstream
 from tests.support.processes import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

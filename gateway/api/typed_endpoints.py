@@ -15,8 +15,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.auth import principal_of
-from gateway.errors import BadRequest, InvalidInput, Location
-from gateway.jsonbody import JsonBodyError, loads
+from gateway.errors import BadRequest, InvalidInput, JsonBodyError, Location
+from gateway.jsonbody import loads
 from gateway.permissions import require
 from gateway.principal import Principal
 from gateway.services import Services, services_of

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from gateway.connect import csrf, tickets
 from gateway.connect.pages import redirect, render, stale_form
 from gateway.connect.session import SessionStore, is_development
+from gateway.errors import CsrfRejected
 from gateway.services import services_of
 from gateway.settings import GatewaySettings
 from oauth.connect_links import ConnectGrant, use_connect_ticket
@@ -71,7 +72,7 @@ async def confirm(request: Request) -> Response:
     try:
         csrf.check_origin(request, settings.public_url)
         csrf.check_token(form, _token(secret, ticket) if secret else "")
-    except csrf.CsrfRejected:
+    except CsrfRejected:
         return stale_form()
     sessions = SessionStore.of(services.redis, settings)
     session = await sessions.load(request)

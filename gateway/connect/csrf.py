@@ -14,13 +14,10 @@ from urllib.parse import parse_qs, urlsplit
 from starlette.requests import Request
 
 from gateway.connect.session import BrowserSession
+from gateway.errors import CsrfRejected
 
 FIELD = "csrf_token"
 MAX_FORM_BYTES = 4096
-
-
-class CsrfRejected(Exception):
-    """The form is not provably from our own page."""
 
 
 def _origin(url: str) -> str:

@@ -15,19 +15,11 @@ from urllib.parse import quote
 import aiohttp
 
 from gateway.connect.session import BrowserSession
+from gateway.errors import InternalError
 from gateway.services import Services
 from oauth.assertion import CallerIdentity
 
 _MAX_ANSWER = 262_144
-
-
-class InternalError(Exception):
-    """mcp_server refused (``code``/``message`` are safe to show) or could not be reached."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 def internal_base(services: Services) -> str:

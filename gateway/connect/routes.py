@@ -26,6 +26,7 @@ from starlette.routing import Route
 from gateway.connect import confirm, csrf, internal, signin, tickets
 from gateway.connect.pages import message, redirect, render, stale_form, stylesheet
 from gateway.connect.session import BrowserSession, SessionStore
+from gateway.errors import CsrfRejected, InternalError
 from gateway.services import Services, services_of
 from oauth.connect_links import look_up_connect_ticket
 
@@ -50,7 +51,7 @@ async def connect_page(request: Request) -> Response:
         return message(*_NO_SESSION, status=401)
     try:
         listed = await internal.call(services, session, "GET", "/connections")
-    except internal.InternalError as exc:
+    except InternalError as exc:
         return message("Connections unavailable", str(exc), status=503)
     flash, session.flash = session.flash, []
     if flash:
@@ -90,7 +91,7 @@ async def _form_session(request: Request) -> tuple[Services, SessionStore, Brows
     sessions = _sessions(services)
     session = await sessions.load(request)
     if session is None:
-        raise csrf.CsrfRejected("no session")
+        raise CsrfRejected("no session")
     form = await csrf.read_form(request)
     csrf.check(request, session, form, services.settings.public_url)
     return services, sessions, session
@@ -99,13 +100,13 @@ async def _form_session(request: Request) -> tuple[Services, SessionStore, Brows
 async def start(request: Request) -> Response:
     try:
         services, _, session = await _form_session(request)
-    except csrf.CsrfRejected:
+    except CsrfRejected:
         return stale_form()
     provider = request.path_params["provider"]
     try:
         answer = await internal.call(services, session, "POST", "/authorize",
                                      {"binding": session.binding}, provider=provider)
-    except internal.InternalError as exc:
+    except InternalError as exc:
         return message("Cannot connect", str(exc), status=exc.status)
     return redirect(str(answer["authorization_url"]))
 
@@ -126,7 +127,7 @@ async def callback(request: Request) -> Response:
     try:
         outcome = await internal.call(services, session, "POST", "/callback", body,
                                       provider=provider)
-    except internal.InternalError as exc:
+    except InternalError as exc:
         session.say("error", f"Not connected: {exc}")
     else:
         session.say(*_outcome_note(outcome))
@@ -147,13 +148,13 @@ def _outcome_note(outcome: dict[str, Any]) -> tuple[str, str]:
 async def disconnect(request: Request) -> Response:
     try:
         services, sessions, session = await _form_session(request)
-    except csrf.CsrfRejected:
+    except CsrfRejected:
         return stale_form()
     provider = request.path_params["provider"]
     try:
         result = await internal.call(services, session, "POST", "/disconnect",
                                      provider=provider)
-    except internal.InternalError as exc:
+    except InternalError as exc:
         session.say("error", f"Not disconnected: {exc}")
     else:
         confirmed = ("the provider confirmed the revocation" if result.get("revoked")

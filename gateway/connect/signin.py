@@ -37,8 +37,8 @@ from starlette.routing import Route
 from gateway.connect import tickets
 from gateway.connect.pages import message, redirect
 from gateway.connect.session import SessionStore, is_development
-from gateway.connect.signin_oidc import SigninClient, SigninError
-from gateway.errors import Unauthenticated
+from gateway.connect.signin_oidc import SigninClient
+from gateway.errors import SigninError, Unauthenticated
 from gateway.principal import Principal
 from gateway.services import Services, services_of
 from oauth.connect import s256

@@ -5,7 +5,8 @@ ID tokens are held to the same JWT rules as access tokens (:mod:`oauth.jwt_rules
 own policy: addressed to the gateway's *client id*, never an ``at+jwt`` access token; then the
 ``azp`` and ``nonce`` checks of OpenID Connect. Keys come only from the issuer's JWKS through the
 same :class:`gateway.jwks.JwksCache`, never from token headers.
-Every failure is a :class:`SigninError` whose message is safe to show (it is escaped anyway).
+Every failure is a :class:`gateway.errors.SigninError` whose message is safe to show (it is
+escaped anyway).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from gateway.errors import JwksUnavailable
+from gateway.errors import JwksUnavailable, SigninError
 from gateway.jwks import JwksCache
 from gateway.settings import GatewaySettings
 from oauth.errors import JwtRejected
@@ -50,14 +51,6 @@ _SIGNIN_PHRASES = {
     "time_claim": "its time claims are not integer times.",
 }
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-class SigninError(Exception):
-    """The sign-in cannot complete; the message explains why to the person signing in."""
-
-    def __init__(self, message: str, *, reason: str = "") -> None:
-        super().__init__(message)
-        self.reason = reason  # the refusing JWT rule's code, for ID token refusals
 
 
 @dataclass(frozen=True)

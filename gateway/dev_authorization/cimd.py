@@ -21,13 +21,10 @@ from gateway.dev_authorization.models import (
     acceptable_redirect_uri,
     is_loopback_host,
 )
+from gateway.errors import ClientDocumentError
 
 MAX_DOCUMENT_BYTES = 5 * 1024
 FETCH_TIMEOUT_SECONDS = 3.0
-
-
-class ClientDocumentError(Exception):
-    """The URL or its document cannot identify a client; the message says why (safe to show)."""
 
 
 def is_document_url(client_id: str) -> bool:

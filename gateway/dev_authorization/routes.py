@@ -25,7 +25,8 @@ from gateway.dev_authorization.server import (
     OAuthRequest,
 )
 from gateway.dev_authorization.store import DevStore
-from gateway.jsonbody import JsonBodyError, loads
+from gateway.errors import JsonBodyError
+from gateway.jsonbody import loads
 from gateway.services import services_of
 
 MAX_BODY_BYTES = 64 * 1024

@@ -48,7 +48,7 @@ from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator  # type: ignore[impor
 from authlib.oauth2.rfc9207 import IssuerParameter  # type: ignore[import-untyped]
 from joserfc.jwk import KeySet, RSAKey
 
-from gateway.dev_authorization.cimd import ClientDocumentError, fetch_client, is_document_url
+from gateway.dev_authorization.cimd import fetch_client, is_document_url
 from gateway.dev_authorization.models import (
     AUTH_METHODS,
     SCOPES_SUPPORTED,
@@ -60,6 +60,7 @@ from gateway.dev_authorization.models import (
 )
 from gateway.dev_authorization.store import DevStore, digest
 from gateway.dev_issuer_keys import KID
+from gateway.errors import ClientDocumentError
 
 ACCESS_TOKEN_LIFETIME = 3600
 T = TypeVar("T")
@@ -93,8 +94,11 @@ class Answer:
         self.headers.append(("Location", value))
 
 
-class InvalidTargetError(OAuth2Error):  # type: ignore[misc]  # authlib is untyped
-    """RFC 8707: the requested resource is not one this server issues tokens for."""
+class _InvalidTarget(OAuth2Error):  # type: ignore[misc]  # authlib is untyped
+    """RFC 8707: the requested resource is not one this server issues tokens for.
+
+    One of authlib's protocol errors, which authlib answers itself (``error=invalid_target``);
+    raised by this module's grant hooks and never caught by name outside it."""
 
     error = "invalid_target"
 
@@ -156,8 +160,8 @@ def _on_loop(call: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
 
 def check_resource(request: OAuth2Request, config: DevConfig, redirect_uri: str | None) -> None:
     if any(r not in config.resources for r in request.payload.datalist.get("resource", [])):
-        raise InvalidTargetError("tokens are issued for the Gatehouse MCP endpoint only",
-                                 redirect_uri=redirect_uri)
+        raise _InvalidTarget("tokens are issued for the Gatehouse MCP endpoint only",
+                             redirect_uri=redirect_uri)
 
 
 class S256Only(CodeChallenge):  # type: ignore[misc]
