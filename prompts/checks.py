@@ -28,6 +28,7 @@ from __future__ import annotations
 from jinja2 import Environment, nodes
 from jinja2.visitor import NodeTransformer
 
+from prompts.errors import Refusal
 from prompts.filters import CONCAT_FILTER, ITER_FILTER, REFUSED_FILTERS, VALUE_FILTER
 
 _REFUSED_NODES: dict[type[nodes.Node], tuple[str, str]] = {
@@ -45,16 +46,6 @@ _REFUSED_NODES: dict[type[nodes.Node], tuple[str, str]] = {
     nodes.NSRef: ("namespace assignment is not allowed", "set"),
 }
 _REFUSED_ATTRIBUTES = frozenset({"format", "format_map", "mro"})
-
-
-class Refusal(Exception):
-    """A refused construct; ``needle`` is text to look for on the line to find the column."""
-
-    def __init__(self, message: str, lineno: int, needle: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.lineno = lineno
-        self.needle = needle
 
 
 def check(tree: nodes.Template, known_filters: frozenset[str], max_nodes: int) -> int:

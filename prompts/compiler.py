@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from jinja2 import Template, TemplateSyntaxError
 
-from prompts.checks import Refusal, add_guards, check
-from prompts.errors import TemplateInvalid, UnsafeTemplate
+from prompts.checks import add_guards, check
+from prompts.errors import Refusal, TemplateInvalid, UnsafeTemplate
 from prompts.model import Layer, LayerRef, SectionSpec, mark_layer
 from prompts.sandbox import PromptEnvironment
 from prompts.sanitize import first_invisible

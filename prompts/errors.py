@@ -12,7 +12,9 @@ hierarchy where they are caught, so no Jinja2 exception ever escapes the package
     ├── RenderLimitExceeded      output cap, render budget, operator or range limit
     ├── RenderFailed             runtime error in a valid template (e.g. undefined variable)
     ├── InvalidVariables         variables that are not plain JSON data, or too large
-    └── InvalidLayers            duplicate layer kinds in one composition
+    ├── InvalidLayers            duplicate layer kinds in one composition
+    └── Refusal                  a construct the static checks refuse, not yet located in the
+                                 layer; :mod:`prompts.compiler` raises it as UnsafeTemplate
 """
 
 from __future__ import annotations
@@ -111,3 +113,17 @@ class InvalidVariables(PromptError):
 
 class InvalidLayers(PromptError):
     """The layers passed to one composition are inconsistent (e.g. two of the same kind)."""
+
+
+class Refusal(PromptError):
+    """A refused construct; ``needle`` is text to look for on the line to find the column.
+
+    Raised by :mod:`prompts.checks` and caught by :mod:`prompts.compiler`, which knows where
+    the section sits in the layer and raises an :class:`UnsafeTemplate` there. ``lineno`` is
+    the section's line, so it is not PromptError's ``line``, and ``str()`` is the message."""
+
+    def __init__(self, message: str, lineno: int, needle: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.lineno = lineno
+        self.needle = needle
