@@ -354,6 +354,8 @@ async def test_a_client_connects_to_gatehouse_up_by_url_alone(browser: Browser) 
     assert (session.whoami["org_id"], session.whoami["user_id"]) == ("acme", "grace")
 
 
+# The test keeps the client's tokens in memory on purpose (one run, nothing to persist).
+@pytest.mark.filterwarnings("ignore:Using in-memory token storage:UserWarning")
 async def test_fastmcp_oauth_client_connects_by_url_alone(
     dev: DevStack, browser: Browser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
