@@ -110,11 +110,16 @@ def _located(
 def column_of(body: str, lineno: int, needle: str, occurrence: int = 0) -> int:
     """1-based column of the ``occurrence``-th ``needle`` on line ``lineno`` of ``body``, or
     of the line's first non-blank character when it is not there."""
-    lines = body.split("\n")
-    text = lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+    text = line_of(body, lineno)
     found = -1
     for _ in range(occurrence + 1):
         found = text.find(needle, found + 1) if needle else -1
         if found < 0:
             break
     return found + 1 if found >= 0 else len(text) - len(text.lstrip()) + 1
+
+
+def line_of(body: str, lineno: int) -> str:
+    """Line ``lineno`` (1-based) of ``body``; empty when there is no such line."""
+    lines = body.split("\n")
+    return lines[lineno - 1] if 0 < lineno <= len(lines) else ""

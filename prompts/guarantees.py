@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from jinja2 import nodes
 
+from prompts.compiler import column_of, line_of
 from prompts.errors import NotGuaranteed
 
 Path = tuple[str, str]
@@ -65,12 +66,11 @@ def check_guarantees(tree: nodes.Template, guaranteed: Guaranteed, body: str, of
     """Raise :class:`NotGuaranteed` for the first unguarded optional variable in ``tree``, the
     parsed ``body`` of a section whose first line is line ``offset + 1`` of the layer."""
     for path, lineno in _Walk(guaranteed).uses(tree, _NO_GUARDS):
-        line_text = _line(body, lineno)
         raise NotGuaranteed(
             _message(path),
             variable=".".join(path),
             line=offset + lineno,
-            column=_column(line_text, path),
+            column=_column(body, lineno, path),
         )
 
 
@@ -246,13 +246,9 @@ def _message(path: Path) -> str:
             f"{{% if {dotted} is defined %}}")
 
 
-def _line(body: str, lineno: int) -> str:
-    lines = body.split("\n")
-    return lines[lineno - 1] if 0 < lineno <= len(lines) else ""
-
-
-def _column(text: str, path: Path) -> int:
+def _column(body: str, lineno: int, path: Path) -> int:
     namespace, key = path
+    text = line_of(body, lineno)
     pattern = rf"\b{namespace}\s*(?:\.\s*{re.escape(key)}\b|\[\s*['\"]{re.escape(key)}['\"]\s*\])"
     # The first use on the line that no guard follows; else the first use.
     found = None
@@ -261,6 +257,4 @@ def _column(text: str, path: Path) -> int:
         if not _GUARD_AFTER.match(text, match.end()):
             found = match
             break
-    if found is not None:
-        return found.start() + 1
-    return len(text) - len(text.lstrip()) + 1
+    return found.start() + 1 if found is not None else column_of(body, lineno, "")

@@ -17,7 +17,7 @@ from typing import Any
 from jinja2 import TemplateError, UndefinedError
 from jinja2.exceptions import SecurityError
 
-from prompts.compiler import CompiledLayer, CompiledSection, column_of
+from prompts.compiler import CompiledLayer, CompiledSection, column_of, line_of
 from prompts.errors import PromptError, RenderFailed, RenderLimitExceeded, UnsafeTemplate
 from prompts.layering import Plan
 from prompts.limits import RenderBudget, active_budget, too_big
@@ -99,8 +99,7 @@ def _column(section: CompiledSection, lineno: int, message: str) -> int:
     expression reaching it starts (``user.name``, ``user['name']``)."""
     needle = (_QUOTED.findall(message) or [""])[-1]
     if needle and "has no attribute" in message:
-        lines = section.body.split("\n")
-        text = lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+        text = line_of(section.body, lineno)
         key = re.escape(needle)
         found = re.search(rf"[\w.]+\s*(?:\.\s*{key}\b|\[\s*['\"]{key}['\"])", text)
         if found is not None:
