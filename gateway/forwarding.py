@@ -28,6 +28,7 @@ from gateway.mcp_system_prompt import (
     rewrite_answer,
     system_prompt_answer,
 )
+from gateway.metrics import ClientOperation
 from gateway.permissions import require
 from gateway.services import Services, services_of
 from gateway.sessions import Session, usable
@@ -53,7 +54,6 @@ _REPLAYABLE = frozenset({
     "initialize", "ping", "server/discover", "tools/list", "prompts/list", "prompts/get",
     "resources/list", "resources/read", "resources/templates/list", "completion/complete",
 })
-_ERROR_MARKERS = (b'"isError":true', b'"error":{')
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
@@ -119,7 +119,7 @@ class McpForwarder:
         url = services.settings.mcp_server_url
         with tracing.client_span(scope, message, url, send) as traced_send:
             async with services.metrics.client_operation(message, traced_send) as operation:
-                succeeded = await self._forward(services, scope, body, operation.send, session,
+                succeeded = await self._forward(services, scope, body, operation, session,
                                                 replayable=message.method in _REPLAYABLE)
         if message is not None and message.method == "tools/call":
             self._audit_tool_call(services, scope, message, session, succeeded, started)
@@ -209,19 +209,20 @@ class McpForwarder:
         return headers
 
     async def _forward(
-        self, services: Services, scope: Scope, body: bytes, send: Send, session: Session | None,
-        *, replayable: bool,
+        self, services: Services, scope: Scope, body: bytes, operation: ClientOperation,
+        session: Session | None, *, replayable: bool,
     ) -> bool:
-        """Relay the exchange; whether it succeeded (2xx, and no error in what was relayed)."""
+        """Relay the exchange through ``operation``, which spots a tool's failure or a JSON-RPC
+        error in the chunks as they pass; whether it succeeded (2xx, relayed whole, no error)."""
         upstream = await self._open(services, scope, body, session, replayable)
         async with upstream:
-            await send({
+            await operation.send({
                 "type": "http.response.start",
                 "status": upstream.status,
                 "headers": [(k, v) for k, v in upstream.headers if k in _RESPONSE_HEADERS],
             })
-            clean = await self._stream(services, upstream, send)
-        return clean and 200 <= upstream.status < 300
+            whole = await self._stream(services, upstream, operation.send)
+        return whole and not operation.error_type and 200 <= upstream.status < 300
 
     async def _open(
         self, services: Services, scope: Scope, body: bytes, session: Session | None,
@@ -241,14 +242,13 @@ class McpForwarder:
     async def _stream(
         self, services: Services, upstream: UpstreamResponse, send: Send
     ) -> bool:
-        clean = True
+        """Send the answer on chunk by chunk; whether it arrived whole."""
+        whole = True
         try:
             async for chunk in upstream.chunks():
-                # A tool's failure travels inside a 200 response; spot it without parsing.
-                clean = clean and not any(marker in chunk for marker in _ERROR_MARKERS)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (TimeoutError, OSError):  # UpstreamFailed is a ConnectionError
             services.metrics.upstream_errors.labels("stream").inc()
-            clean = False
+            whole = False
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return clean
+        return whole

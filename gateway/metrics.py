@@ -182,6 +182,11 @@ class ClientOperation:
             self._error = next((kind for marker, kind in _ERROR_MARKERS if marker in body), "")
         await self._send(message)
 
+    @property
+    def error_type(self) -> str:
+        """What went wrong so far (empty while nothing did); the forwarder's outcome too."""
+        return self._error
+
     async def __aenter__(self) -> ClientOperation:
         return self
 
