@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,7 +20,8 @@ from redis.asyncio import Redis
 
 from resilience import FailurePolicy, LimiterUnavailable, RateLimiter, create_redis
 from resilience.ratelimit import REDIS_DEADLINE
-from tests.support.processes import Server, free_port
+from tests.support.own_servers import OwnRedis
+from tests.support.processes import Server
 
 # Runs for ARGV[1] microseconds: Redis answers nobody meanwhile.
 BUSY_LUA = """
@@ -36,49 +34,13 @@ RECOVERY_BOUND = 5.0  # seconds from the end of the fault until Redis is used ag
 WORKERS = 16
 
 
-@dataclass
-class OwnRedis:
-    process: subprocess.Popen[bytes]
-    url: str
-
-    def freeze(self) -> None:
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        self.process.send_signal(signal.SIGCONT)
-
-
 @pytest.fixture
-def own_redis(tmp_path: Any) -> Iterator[OwnRedis]:
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    server = OwnRedis(process, f"redis://127.0.0.1:{port}/0")
+def own_redis() -> Iterator[OwnRedis]:
+    server = OwnRedis()
     try:
-        _wait_for_ping(port)
         yield server
     finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGCONT)
-            process.kill()
-        process.wait(timeout=10)
-
-
-def _wait_for_ping(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            answer = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
-                                    timeout=2, check=False)
-            if answer.stdout.strip() == b"PONG":
-                return
-        except subprocess.TimeoutExpired:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
+        server.close()
 
 
 @pytest.fixture
