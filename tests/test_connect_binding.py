@@ -17,12 +17,13 @@ import asyncio
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-from playwright.async_api import Browser, BrowserContext, expect
+from playwright.async_api import Browser, BrowserContext, Page, expect
 from redis.asyncio import Redis
 
 from gateway.connect.signin import state_key
@@ -86,6 +87,28 @@ async def _cookie_names(context: BrowserContext, stack: ConnectStack) -> set[str
     return {cookie["name"] for cookie in await context.cookies(stack.public_url)}
 
 
+@dataclass(frozen=True)
+class _Plot:
+    """Eve and her victim (both of ORG), Eve's token and the link her tool call answered with."""
+
+    eve: str
+    victim: str
+    eve_token: str
+    link: str
+
+
+async def _eve_gets_a_link(stack: ConnectStack, idp: OidcProvider) -> _Plot:
+    eve, victim = stack.new_user(idp, ORG), stack.new_user(idp, ORG)
+    eve_token = idp.access_token(ORG, eve)
+    return _Plot(eve, victim, eve_token, await _link_from_a_tool_call(stack, eve_token))
+
+
+async def _refused_as_signed_in_victim(page: Page, plot: _Plot) -> None:
+    await expect(page.get_by_role("alert")).to_contain_text(
+        f"This link is for user {plot.eve} of organisation {ORG}, but you are signed in as user "
+        f"{plot.victim} of organisation {ORG}. Nothing was linked")
+
+
 # Without sign-in --------------------------------------------------------------------------
 
 async def test_someone_elses_link_names_its_user_and_uses_nothing_until_confirmed(
@@ -116,9 +139,8 @@ async def test_someone_elses_link_names_its_user_and_uses_nothing_until_confirme
 async def test_a_link_never_switches_a_browser_connecting_for_another_user(
     plain: ConnectStack, idp: OidcProvider, browser: Browser
 ) -> None:
-    eve, victim = plain.new_user(idp, ORG), plain.new_user(idp, ORG)
-    eve_token = idp.access_token(ORG, eve)
-    eve_link = await _link_from_a_tool_call(plain, eve_token)
+    plot = await _eve_gets_a_link(plain, idp)
+    eve, victim, eve_token, eve_link = plot.eve, plot.victim, plot.eve_token, plot.link
     own_link = await _link_from_a_tool_call(plain, idp.access_token(ORG, victim))
 
     page = await (await browser.new_context()).new_page()
@@ -156,47 +178,41 @@ async def test_a_link_never_switches_a_browser_connecting_for_another_user(
 async def test_signed_in_victim_opening_eves_link_is_refused(
     signed: ConnectStack, browser: Browser
 ) -> None:
-    eve, victim = signed.new_user(signed.provider, ORG), signed.new_user(signed.provider, ORG)
-    eve_token = signed.provider.access_token(ORG, eve)
-    link = await _link_from_a_tool_call(signed, eve_token)
+    plot = await _eve_gets_a_link(signed, signed.provider)
 
     page = await (await browser.new_context()).new_page()
     await page.goto(signed.public_url + "/connect")
     await page.get_by_role("link", name="Sign in").click()
-    await sign_in_on_provider_page(page, signed.provider.issuer, victim)
+    await sign_in_on_provider_page(page, signed.provider.issuer, plot.victim)
     await page.wait_for_url(signed.public_url + "/connect")
-    await expect(page.locator("p.who")).to_contain_text(f"user {victim} of organisation {ORG}")
+    who = page.locator("p.who")
+    await expect(who).to_contain_text(f"user {plot.victim} of organisation {ORG}")
 
-    answer = await page.goto(link)
+    answer = await page.goto(plot.link)
     assert answer is not None and answer.status == 403
-    await expect(page.get_by_role("alert")).to_contain_text(
-        f"This link is for user {eve} of organisation {ORG}, but you are signed in as user "
-        f"{victim} of organisation {ORG}. Nothing was linked")
+    await _refused_as_signed_in_victim(page, plot)
     await expect(page.get_by_role("button")).to_have_count(0)
-    assert await _ticket_state(signed, link) is TicketState.VALID
+    assert await _ticket_state(signed, plot.link) is TicketState.VALID
     await page.goto(signed.public_url + "/connect")
-    await expect(page.locator("p.who")).to_contain_text(f"user {victim} of organisation {ORG}")
-    await _assert_nothing_linked_to(signed, eve_token, eve)
+    await expect(who).to_contain_text(f"user {plot.victim} of organisation {ORG}")
+    await _assert_nothing_linked_to(signed, plot.eve_token, plot.eve)
 
 
 async def test_a_link_opened_without_sign_in_signs_in_first_and_binds_to_that_user(
     signed: ConnectStack, browser: Browser
 ) -> None:
-    eve, victim = signed.new_user(signed.provider, ORG), signed.new_user(signed.provider, ORG)
-    eve_token = signed.provider.access_token(ORG, eve)
-    link = await _link_from_a_tool_call(signed, eve_token)
+    plot = await _eve_gets_a_link(signed, signed.provider)
+    eve, link = plot.eve, plot.link
 
     victims = await browser.new_context()
     page = await victims.new_page()
     await page.goto(link)
     # She signs in as herself, not as Eve:
-    await sign_in_on_provider_page(page, signed.provider.issuer, victim)
+    await sign_in_on_provider_page(page, signed.provider.issuer, plot.victim)
     await page.wait_for_url(signed.public_url + "/connect/signin/callback?**")
-    await expect(page.get_by_role("alert")).to_contain_text(
-        f"This link is for user {eve} of organisation {ORG}, but you are signed in as user "
-        f"{victim}")
+    await _refused_as_signed_in_victim(page, plot)
     assert await _ticket_state(signed, link) is TicketState.VALID
-    await _assert_nothing_linked_to(signed, eve_token, eve)
+    await _assert_nothing_linked_to(signed, plot.eve_token, eve)
 
     page = await (await browser.new_context()).new_page()  # Eve herself, in her own browser
     await page.goto(link)
