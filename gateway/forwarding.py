@@ -109,9 +109,8 @@ class McpForwarder:
         self._authorize(scope, message)
         services.metrics.mcp_method(message.method or "response")
         session = await self._session(services, scope)
-        if message is not None:
-            tracing.describe_request(scope, message, str(session.id) if session else None)
-        if session is not None and message is not None and await self._deliver_prompt(
+        tracing.describe_request(scope, message, str(session.id) if session else None)
+        if session is not None and await self._deliver_prompt(
             services, scope, body, receive, send, session, message
         ):
             return
@@ -121,7 +120,7 @@ class McpForwarder:
             async with services.metrics.client_operation(message, traced_send) as operation:
                 succeeded = await self._forward(services, scope, body, operation, session,
                                                 replayable=message.method in _REPLAYABLE)
-        if message is not None and message.method == "tools/call":
+        if message.method == "tools/call":
             self._audit_tool_call(services, scope, message, session, succeeded, started)
 
     async def _deliver_prompt(

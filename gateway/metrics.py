@@ -140,12 +140,12 @@ class Metrics:
     def tool(self, name: str | None) -> str:
         return name if name in self._tools else OTHER
 
-    def client_operation(self, message: RpcMessage | None, send: Send) -> ClientOperation:
+    def client_operation(self, message: RpcMessage, send: Send) -> ClientOperation:
         """Time one forward to mcp_server: ``async with`` it around the forward, and send the
         answer through its :meth:`ClientOperation.send`."""
-        method = message.method if message is not None else None
+        method = message.method
         label = method if method in MCP_METHODS else (OTHER if method else "")
-        tool = self.tool(message.name) if method == "tools/call" and message else ""
+        tool = self.tool(message.name) if method == "tools/call" else ""
         return ClientOperation(self.mcp_client.labels, label, tool, send)
 
     def audited(self, event: str) -> None:

@@ -182,7 +182,7 @@ def _peer(url: str) -> tuple[str, int]:
 
 
 @contextmanager
-def client_span(scope: Scope, message: RpcMessage | None, url: str, send: Send
+def client_span(scope: Scope, message: RpcMessage, url: str, send: Send
                 ) -> Iterator[Send]:
     """The CLIENT span of one exchange with mcp_server, current while it runs (so the
     ``traceparent`` sent is its own); yields ``send`` wrapped to record how the answer ended.
@@ -191,13 +191,9 @@ def client_span(scope: Scope, message: RpcMessage | None, url: str, send: Send
     if not server.is_recording():
         yield send
         return
-    if message is None:  # GET (a stream) or DELETE: no JSON-RPC method to name it by
-        name, attributes = scope["method"], {}
-    else:
-        name, attributes = span_name(message), mcp_attributes(scope, message)
     host, port = _peer(url)
-    attributes |= {"server.address": host, "server.port": port}
-    with child_span(tracer, name, attributes, SpanKind.CLIENT) as span:
+    attributes = mcp_attributes(scope, message) | {"server.address": host, "server.port": port}
+    with child_span(tracer, span_name(message), attributes, SpanKind.CLIENT) as span:
         yield _recording_answer((span, server), send)
 
 
