@@ -10,7 +10,7 @@ from __future__ import annotations
 from locust import tag, task
 
 from loadtests.scenarios import mcp
-from loadtests.scenarios.common import GatehouseUser, forger_key, mint
+from loadtests.scenarios.common import GatehouseUser, expect_status, forger_key, mint
 
 EXPIRED_LIFETIME = -600  # seconds: well past GATEHOUSE_CLOCK_SKEW_SECONDS (at most 300)
 
@@ -18,10 +18,7 @@ EXPIRED_LIFETIME = -600  # seconds: well past GATEHOUSE_CLOCK_SKEW_SECONDS (at m
 def valid(user: GatehouseUser) -> None:
     with user.client.get("/v1/sessions?limit=1", headers=user.bearer(), catch_response=True,
                          name=f"{user.scenario}: valid token") as response:
-        if response.status_code == 200:
-            response.success()
-        else:
-            response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+        expect_status(response, 200)
 
 
 def _refused(user: GatehouseUser, label: str, token: str, mcp_request: bool) -> None:

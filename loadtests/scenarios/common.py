@@ -21,6 +21,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import Protocol
 
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -69,6 +70,26 @@ def mint(host: str, org: str, user: str, *, lifetime: int = TOKEN_LIFETIME,
         audience=host.rstrip("/") + "/mcp", org=org, user=user, roles=["member"],
         lifetime=lifetime,
     )
+
+
+class Judged(Protocol):
+    """A response of ``catch_response=True``, as far as a scenario judges it (locust's own
+    class leaves ``success`` and ``failure`` untyped)."""
+
+    status_code: int
+    text: str
+
+    def success(self) -> None: ...
+
+    def failure(self, exc: object) -> None: ...
+
+
+def expect_status(response: Judged, status: int) -> None:
+    """A success if ``response`` answered ``status``, else a failure quoting its start."""
+    if response.status_code == status:
+        response.success()
+    else:
+        response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
 
 
 class GatehouseUser(HttpUser):

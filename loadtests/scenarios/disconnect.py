@@ -17,7 +17,7 @@ import uuid
 from locust import tag, task
 
 from loadtests.scenarios import mcp
-from loadtests.scenarios.common import GatehouseUser
+from loadtests.scenarios.common import GatehouseUser, expect_status
 from loadtests.scenarios.tools import TEXT, echoed
 
 
@@ -32,10 +32,7 @@ def close_session(user: GatehouseUser) -> None:
     mcp.call_tool(user, mcp.CURRENT, "echo", {"text": TEXT}, echoed, path=f"/mcp/{session_id}")
     with user.client.delete(f"/v1/sessions/{session_id}", headers=user.bearer(),
                             catch_response=True, name=prefix + "close session") as closed:
-        if closed.status_code == 204:
-            closed.success()
-        else:
-            closed.failure(f"HTTP {closed.status_code}: {closed.text[:200]}")
+        expect_status(closed, 204)
 
 
 def disconnect_connection(user: GatehouseUser) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from locust.clients import ResponseContextManager
 
-from loadtests.scenarios.common import GatehouseUser
+from loadtests.scenarios.common import GatehouseUser, expect_status
 
 LEGACY = "2025-11-25"
 CURRENT = "2026-07-28"
@@ -106,10 +106,7 @@ def initialized(user: GatehouseUser) -> None:
         headers={**user.bearer(), **headers(LEGACY, "notifications/initialized")},
         catch_response=True, name=f"{user.scenario}: notifications/initialized {LEGACY}",
     ) as response:
-        if response.status_code == 202:
-            response.success()
-        else:
-            response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+        expect_status(response, 202)
 
 
 def call_tool(user: GatehouseUser, version: str, tool: str, arguments: dict[str, Any],
