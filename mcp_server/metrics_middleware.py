@@ -32,12 +32,18 @@ MCP_METHODS = frozenset({
 KNOWN_CODES = frozenset({-32700, -32600, -32601, -32602, -32603, -32042, -32002, -32001})
 
 
-def _tool_name(message: Any) -> str | None:
-    """The tool of a ``tools/call``, whichever shape the dispatch layer handed over."""
+def target_name(message: Any) -> str | None:
+    """The tool of a ``tools/call`` (the prompt of a ``prompts/get``), whichever shape the
+    dispatch layer handed over."""
     name = getattr(message, "name", None)
     if name is None:
         name = getattr(getattr(message, "params", None), "name", None)
     return name if isinstance(name, str) else None
+
+
+def is_error_result(result: Any) -> bool:
+    """Whether a request's result is a tool's ``isError`` answer (either spelling)."""
+    return bool(getattr(result, "is_error", False) or getattr(result, "isError", False))
 
 
 def _error_type(exc: BaseException) -> str:
@@ -57,12 +63,12 @@ class OperationTimer(Middleware):
         self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
     ) -> Any:
         method = context.method if context.method in MCP_METHODS else OTHER
-        tool = self._metrics.tool(_tool_name(context.message)) if method == "tools/call" else ""
+        tool = self._metrics.tool(target_name(context.message)) if method == "tools/call" else ""
         started = time.perf_counter()
         error = ""
         try:
             result = await call_next(context)
-            if getattr(result, "is_error", False) or getattr(result, "isError", False):
+            if is_error_result(result):
                 error = "tool_error"
             return result
         except BaseException as exc:

@@ -36,6 +36,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from mcp_server.auth import current_caller
 from mcp_server.errors import NoVerifiedCaller
+from mcp_server.metrics_middleware import is_error_result, target_name
 from telemetry import traces
 from telemetry.traces import W3C
 
@@ -65,14 +66,10 @@ def _instrument(provider: TracerProvider) -> None:
     AioHttpClientInstrumentor().instrument(tracer_provider=provider, url_filter=_origin)
 
 
-def _target(context: MiddlewareContext[Any]) -> str | None:
-    name = getattr(context.message, "name", None)
-    return name if isinstance(name, str) else None
-
-
-def request_attributes(context: MiddlewareContext[Any]) -> dict[str, Any]:
-    """The MCP semantic-convention attributes of the request being served."""
-    method, target = context.method or "", _target(context)
+def request_attributes(context: MiddlewareContext[Any], target: str | None) -> dict[str, Any]:
+    """The MCP semantic-convention attributes of the request being served (for ``target``,
+    the tool or prompt it names)."""
+    method = context.method or ""
     attributes: dict[str, Any] = {"mcp.method.name": method}
     ctx = context.fastmcp_context
     request = None if ctx is None else ctx.request_context
@@ -135,9 +132,9 @@ class ServerSpans(Middleware):
     async def on_request(
         self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
     ) -> Any:
-        attributes = request_attributes(context)
+        target = target_name(context.message)
+        attributes = request_attributes(context, target)
         parent = _http_attributes(attributes)
-        target = _target(context)
         name = f"{context.method} {target}" if target else str(context.method)
         with tracer.start_as_current_span(
             name, context=parent, kind=SpanKind.SERVER, attributes=attributes,
@@ -151,7 +148,7 @@ class ServerSpans(Middleware):
             except BaseException as exc:
                 _record_error(span, exc)
                 raise
-            if getattr(result, "is_error", False) or getattr(result, "isError", False):
+            if is_error_result(result):
                 span.set_attribute("error.type", "tool_error")
                 span.set_status(StatusCode.ERROR)
             if self.capture_arguments and context.method == "tools/call":
