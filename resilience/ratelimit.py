@@ -199,14 +199,14 @@ async def admit(buckets: Sequence[Bucket], breaker: CircuitBreaker | None = None
 async def _decide(buckets: Sequence[Bucket], breaker: CircuitBreaker | None) -> Admission:
     if not buckets:
         raise ValueError("admit needs at least one bucket")
+    health = buckets[0].limiter.health
+    if not health.available:  # known down or slow: the fallback at once, no wait
+        return _degraded(buckets, breaker, health)
     keys = [b.key for b in buckets]
     clock = buckets[0].limiter.clock
     args: list[str | int | float] = [len(buckets), "" if clock is None else repr(clock())]
     for b in buckets:
         args += [b.limiter.limit, b.limiter.window_seconds]
-    health = buckets[0].limiter.health
-    if not health.available:  # known down or slow: the fallback at once, no wait
-        return _degraded(buckets, breaker, health)
     ask_breaker = breaker is not None and breaker.shared
     if breaker is not None and ask_breaker:
         keys.append(breaker.key)
