@@ -30,12 +30,12 @@ import os
 import secrets
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -44,6 +44,7 @@ import psutil
 import uvloop
 
 from loadtests.bench_forwarding import HEADERS, AssertionSource, Result
+from loadtests.scenarios.fleet import HELPERS, answers, start_helper, wait_until
 from oauth.assertion import AssertionSigner
 from oauth.keyring import Keyring, generate_entry
 from oauth.keys import ensure_private_key_file, public_pem
@@ -145,22 +146,11 @@ class _Who:
 
 def start_provider(kind: str, token: str, work: Path) -> tuple[subprocess.Popen[bytes], str]:
     """The loopback provider process and its base URL, answering ``GET /user`` for ``token``."""
-    port = free_port()
-    module = {"loopback": "loadtests.loopback_provider",
-              "standin": "tests.support.github_standin"}[kind]
-    process = subprocess.Popen(
-        [sys.executable, "-m", module, "--port", str(port)],
-        env={**os.environ, "LOOPBACK_PROVIDER_TOKEN": token},
-        stdout=subprocess.DEVNULL, stderr=(work / "provider.log").open("wb"))
+    port, log = free_port(), work / "provider.log"
+    process = start_helper(HELPERS[kind], port, {**os.environ, "LOOPBACK_PROVIDER_TOKEN": token},
+                           log)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(url + "/user", timeout=0.5)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    else:
-        raise RuntimeError(f"the {kind} provider did not start")
+    wait_until(partial(answers, url + "/user"), f"the {kind} provider", process, log)
     if kind == "standin":
         httpx.post(url + "/_standin/tokens",
                    json={"token": token, "login": USER, "scopes": "repo, read:user"})

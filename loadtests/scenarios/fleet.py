@@ -37,6 +37,8 @@ UNLIMITED = "100000000/minute"
 PASSED_THROUGH = ("GATEHOUSE_DATABASE_URL", "GATEHOUSE_ADMIN_DATABASE_URL", "GATEHOUSE_REDIS_URL")
 STANDIN_CLIENT = ("gatehouse-test", "test-secret")  # tests.support.github_standin's default
 START_SECONDS = 180
+# the loopback processes GitHub is configured against, by the name a run gives them
+HELPERS = {"loopback": "loadtests.loopback_provider", "standin": "tests.support.github_standin"}
 
 
 @dataclass
@@ -129,8 +131,8 @@ def _environment(extra: dict[str, str]) -> dict[str, str]:
     return env | extra
 
 
-def _wait_until(check: Callable[[], bool], what: str, process: subprocess.Popen[bytes],
-                log: Path) -> None:
+def wait_until(check: Callable[[], bool], what: str, process: subprocess.Popen[bytes],
+               log: Path) -> None:
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -143,12 +145,13 @@ def _wait_until(check: Callable[[], bool], what: str, process: subprocess.Popen[
     raise RuntimeError(f"{what} did not start in {START_SECONDS}s; see {log}")
 
 
-def _helper(module: str, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_helper(module: str, port: int, env: dict[str, str], log: Path
+                 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", module, "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
-def _answers(url: str, status: int | None = None) -> bool:
+def answers(url: str, status: int | None = None) -> bool:
     answer = httpx.get(url, timeout=2)
     return status is None or answer.status_code == status
 
@@ -191,15 +194,13 @@ def running_stack(work: Path, replicas: int = 1) -> Iterator[Stack]:
     env = _environment({"LOOPBACK_PROVIDER_TOKEN": token})
     ports = {name: free_port() for name in ("loopback", "standin", "gateway", "mcp")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    helpers = [_helper("loadtests.loopback_provider", ports["loopback"], env,
-                       work / "loopback.log"),
-               _helper("tests.support.github_standin", ports["standin"], env,
-                       work / "standin.log")]
+    helpers = [start_helper(HELPERS[name], ports[name], env, work / f"{name}.log")
+               for name in HELPERS]
     up: subprocess.Popen[bytes] | None = None
     try:
-        for helper, name in zip(helpers, ("loopback", "standin"), strict=True):
-            _wait_until(partial(_answers, urls[name] + "/user"), name, helper,
-                        work / f"{name}.log")
+        for helper, name in zip(helpers, HELPERS, strict=True):
+            wait_until(partial(answers, urls[name] + "/user"), name, helper,
+                       work / f"{name}.log")
         keys = generate_entry("k1")
         (work / "data").mkdir(exist_ok=True)
         with (work / "up.log").open("wb") as log:
@@ -208,8 +209,8 @@ def running_stack(work: Path, replicas: int = 1) -> Iterator[Stack]:
                 env=_up_environment(urls["loopback"], urls["standin"], keys), cwd=work,
                 stdout=log, stderr=subprocess.STDOUT)
         for name, path in (("mcp", "/healthz"), ("gateway", "/readyz")):
-            _wait_until(partial(_answers, urls[name] + path, 200),
-                        f"gatehouse up ({name})", up, work / "up.log")
+            wait_until(partial(answers, urls[name] + path, 200),
+                       f"gatehouse up ({name})", up, work / "up.log")
         yield Stack(work, urls["gateway"], urls["mcp"], token, keys, up, helpers,
                     urls["standin"])
     finally:
