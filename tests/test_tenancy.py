@@ -464,3 +464,20 @@ async def test_graceful_shutdown_flushes_queued_tool_call_events(
         assert await conn.fetchval(query, session) == 1
     finally:
         await conn.close()
+
+
+async def test_a_tool_error_is_audited_as_a_failure(start_gateway: Any, world: World) -> None:
+    """The outcome comes from the forwarded answer: a 200 carrying ``isError`` (here: not
+    connected to GitHub) is a failed tool call."""
+    fast = start_gateway(audit_flush_seconds="0.1")
+    session = create(fast, world.member_a)
+    async with Client(f"{fast.url}/mcp/{session['id']}", auth=world.member_a.token) as client:
+        assert (await client.call_tool("github_whoami", {}, raise_on_error=False)).is_error
+    deadline, calls = time.monotonic() + 10, list[dict[str, Any]]()
+    while not calls and time.monotonic() < deadline:
+        events = api(fast, world.admin_a, "GET", "/v1/audit", params={"event": "tool.call"})
+        calls = [e for e in events.json()["items"]
+                 if e["details"].get("session_id") == session["id"]]
+        await asyncio.sleep(0.05)
+    assert calls and calls[0]["target"] == "tool:github_whoami"
+    assert calls[0]["outcome"] == "failure"
